@@ -1,0 +1,912 @@
+"""The kernel: the process table and everything that happens to a process.
+
+Processes are asyncio tasks; the kernel gives each a pid (never reused, even
+across restarts on the same database), an account, a mailbox and a `Sys`,
+the one bridge through which it touches anything. The kernel delivers
+messages, runs links, monitors and signals, kills at deadlines, moves
+capabilities, journals driver I/O and keeps the event log. It knows nothing of
+LLMs, MCP or the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from yool.kernel.accounts import Account, Budget, Cost
+from yool.kernel.caps import CapTable
+from yool.kernel.context import Context
+from yool.kernel.devices import Driver, Handle, Reply
+from yool.kernel.errors import DriverError, KernelError, ProcessExit, QuotaExceeded, ReplayError
+from yool.kernel.events import Event, EventLog
+from yool.kernel.journal import Cursor, Entry, Journal, Source, digest
+from yool.kernel.lanes import Lanes
+from yool.kernel.messages import Child, Down, Exit, Message, Term
+from yool.kernel.process import TRAP_EXIT, TRAP_TERM, Image, Process
+from yool.kernel.reasons import (
+    DEADLINE,
+    INTERRUPTED,
+    NORMAL,
+    SHUTDOWN,
+    ExitReason,
+    fault,
+    killed,
+    quota,
+)
+from yool.kernel.sys import Sys
+
+if TYPE_CHECKING:
+    from yool.kernel.store import Store
+    from yool.policy import RuntimePolicy
+
+log = logging.getLogger("yool.kernel")
+
+ABI_VERSION = 1
+INIT = 1
+PID_BLOCK = 8192
+REAPED_KEEP = 65_536
+PROCESS_RIGHTS = ("send", "monitor", "link", "kill")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """One row of `ps`."""
+
+    pid: int
+    parent: int
+    name: str
+    image: str
+    state: str
+    mailbox: int
+    priority: int
+    deadline_in: float | None
+    usage: dict[str, float]
+    remaining: dict[str, float | None]
+    uptime_s: float
+    memory: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "parent": self.parent,
+            "name": self.name,
+            "image": self.image,
+            "state": self.state,
+            "mailbox": self.mailbox,
+            "priority": self.priority,
+            "deadline_in": self.deadline_in,
+            "usage": self.usage,
+            "remaining": self.remaining,
+            "uptime_s": self.uptime_s,
+            "memory": self.memory,
+        }
+
+
+@dataclass
+class Counters:
+    spawned: int = 0
+    sent: int = 0
+    received: int = 0
+    dropped: int = 0  # sends to a process that had already died
+    replayed: int = 0
+    exits: dict[str, int] = field(default_factory=dict)
+    charged: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "usd": 0.0,
+                                                               "tool_calls": 0})
+
+
+class Kernel:
+    """Construct inside a running event loop; `async with Kernel() as k:` shuts it down."""
+
+    def __init__(
+        self,
+        *,
+        store: Store | None = None,
+        budget: Budget | None = None,
+        record: bool | None = None,
+        mailbox_limit: int = 1024,
+        events_ring: int = 4096,
+        lane_concurrency: int = 8,
+        lane_ceiling: int = 256,
+        aging_s: float = 1.0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        now = self.loop.time
+        self._now = now
+        wall = getattr(self.loop, "wall", None)
+        self.wall: Callable[[], float] = wall if callable(wall) else time.time
+        self.store = store
+        self.caps = CapTable(now)
+        self.lanes = Lanes(lane_concurrency, lane_ceiling, aging_s)
+        self.journal = Journal(store)
+        self.record = store is not None if record is None else record
+        self.mailbox_limit = mailbox_limit
+        self.procs: dict[int, Process] = {}
+        self.images: dict[str, Image] = {}
+        self.drivers: dict[str, Driver] = {}
+        self.names: dict[str, int] = {}
+        self.counters = Counters()
+        self.interrupted: list[int] = []
+        self._reaped: OrderedDict[int, ExitReason] = OrderedDict()
+        self._exit_waiters: dict[int, list[asyncio.Future[ExitReason]]] = {}
+        self._closing = False
+        self._next_pid = 2
+        self._pid_end: int | None = None  # None: no store, pids are unbounded
+        self._topping_up = False
+        self._spare_block: range | None = None
+        start_seq = 0
+        if store is not None:
+            self.interrupted = store.mark_interrupted()
+            start_seq = store.max_event_seq()
+            block = store.reserve_pids(PID_BLOCK)
+            self._next_pid, self._pid_end = max(block.start, 2), block.stop
+        self.events = EventLog(events_ring, self.wall, start_seq)
+        if store is not None:
+            self.events.sinks.append(self._persist_event)
+        root = Account(None, budget, now())
+        init = Process(INIT, 0, "init", "init", (), root, now())
+        init.sys = Sys(self, init)
+        self.procs[INIT] = init
+        self._init = init
+        self.caps.mint(INIT, "spawn", None, ("spawn",))
+        self.events.emit("boot", INIT, {"interrupted": self.interrupted} if self.interrupted
+                         else None)
+
+    @classmethod
+    def from_policy(cls, policy: RuntimePolicy, store: Store | None = None) -> Kernel:
+        budget = Budget(
+            tokens=policy.budget_tokens,
+            usd=policy.budget_usd,
+            tool_calls=policy.budget_tool_calls,
+            wall_s=policy.budget_wall_s,
+        )
+        return cls(
+            store=store,
+            budget=budget,
+            mailbox_limit=policy.mailbox_limit,
+            events_ring=policy.events_ring,
+            lane_concurrency=policy.lane_concurrency,
+            lane_ceiling=policy.max_lane_concurrency,
+            aging_s=policy.aging_s,
+        )
+
+    async def __aenter__(self) -> Kernel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    @property
+    def init(self) -> Sys:
+        """The host's own process: it holds the root budget and every root capability."""
+        assert self._init.sys is not None
+        return self._init.sys
+
+    # -- images and drivers ---------------------------------------------------
+
+    def register_image(self, name: str, image: Image) -> None:
+        """Make `image` spawnable (and restorable, and remotely spawnable) by name."""
+        current = self.images.get(name)
+        if current is not None and current is not image:
+            raise KernelError(f"image name {name!r} is already registered to another function")
+        self.images[name] = image
+
+    def register_driver(self, driver: Driver, rights: Iterable[str] = ("open", "read", "write")
+                        ) -> str:
+        """Install a driver; init receives the device capability, which it returns."""
+        if driver.name in self.drivers:
+            raise KernelError(f"driver {driver.name!r} is already registered")
+        self.drivers[driver.name] = driver
+        return self.caps.mint(INIT, "device", driver.name, rights)
+
+    def _resolve(self, image: str | Image) -> tuple[str, Image]:
+        if isinstance(image, str):
+            fn = self.images.get(image)
+            if fn is None:
+                known = ", ".join(sorted(self.images)) or "none"
+                raise KernelError(f"no image named {image!r} (registered: {known})")
+            return image, fn
+        if not callable(image):
+            raise KernelError(f"spawn needs an async function or an image name, got {image!r}")
+        name = getattr(image, "image_name", None) or f"{image.__module__}:{image.__qualname__}"
+        if self.images.setdefault(name, image) is not image:
+            name = f"{name}#{id(image):x}"  # two different functions with one qualname
+            self.images.setdefault(name, image)
+        return name, image
+
+    # -- pids -------------------------------------------------------------------
+
+    def _alloc_pid(self) -> int:
+        pid = self._next_pid
+        end = self._pid_end
+        if end is None:
+            self._next_pid = pid + 1
+            return pid
+        store = self.store
+        assert store is not None
+        if pid >= end:
+            block = self._spare_block or store.reserve_pids(PID_BLOCK)  # sync only if behind
+            self._spare_block = None
+            pid, self._pid_end = block.start, block.stop
+        elif self._spare_block is None and not self._topping_up and end - pid < PID_BLOCK // 2:
+            self._topping_up = True
+            store.reserve_pids_later(PID_BLOCK, self._spare_ready)
+        self._next_pid = pid + 1
+        return pid
+
+    def _spare_ready(self, block: range) -> None:
+        """Called from the store's writer thread with the next durable pid block."""
+
+        def adopt() -> None:
+            self._topping_up = False
+            self._spare_block = block
+
+        self.loop.call_soon_threadsafe(adopt)
+
+    # -- spawning ---------------------------------------------------------------
+
+    def spawn(
+        self,
+        parent: Process,
+        image: str | Image,
+        args: tuple[Any, ...],
+        *,
+        name: str | None = None,
+        budget: Budget | None = None,
+        caps: Iterable[str] = (),
+        link: bool = False,
+        monitor: bool = False,
+        priority: int = 0,
+        deadline: float | None = None,
+        cursor: Cursor | None = None,
+        restored: dict[str, Any] | None = None,
+    ) -> Child:
+        if self._closing:
+            raise KernelError("the kernel is shutting down")
+        image_name, fn = self._resolve(image)
+        handed = tuple(caps)
+        for ref in handed:
+            self.caps.require_held(parent.pid, ref)
+        if deadline is not None and not deadline >= 0:
+            raise KernelError(f"deadline must be >= 0 seconds, got {deadline!r}")
+        parent.account.open_child()  # QuotaExceeded("children") leaves nothing behind
+        now = self._now()
+        try:
+            pid = self._alloc_pid()
+            account = Account(parent.account, budget, now)
+        except BaseException:
+            parent.account.close_child()
+            raise
+        p = Process(pid, parent.pid, name or image_name, image_name, args, account, now)
+        p.priority = priority
+        for ref in handed:
+            self.caps.transfer(parent.pid, ref, pid)
+        self.procs[pid] = p
+        if parent.kids is None:
+            parent.kids = {pid}
+        else:
+            parent.kids.add(pid)
+        if link:
+            p.links = {parent.pid}
+            if parent.links is None:
+                parent.links = {pid}
+            else:
+                parent.links.add(pid)
+        if monitor:
+            p.monitors = {parent.pid}
+        if deadline is not None:
+            p.deadline = now + deadline
+        self._arm_timer(p)
+        if cursor is None and parent.journal is not None and self.record:
+            cursor = self._spawn_entry(parent, pid, image_name)
+        p.journal = cursor
+        sys = p.sys = Sys(self, p, restored)
+        p.task = self.loop.create_task(self._run(p, fn, sys))
+        self.counters.spawned += 1
+        self.events.emit("spawn", pid, {"parent": parent.pid, "name": p.name})
+        if self.store is not None:
+            self.store.put_process(pid, parent.pid, image_name, p.name, "running", self.wall(),
+                                   _meta(args))
+        return Child(pid, self.caps.mint(parent.pid, "process", pid, PROCESS_RIGHTS))
+
+    def _spawn_entry(self, parent: Process, pid: int, image_name: str) -> Cursor | None:
+        """Journal the spawn in the parent's stream; a replayed parent finds its child's."""
+        cur = parent.journal
+        assert cur is not None
+        op = cur.op
+        cur.op += 1
+        d = digest("spawn", image_name)
+        recorded = cur.recorded(op)
+        child: Cursor | None = Cursor(pid)
+        if recorded is not None and recorded.digest == d and cur.source is not None:
+            origin = int(recorded.result["spawned"])
+            child = Cursor(pid, cur.source, origin)
+        elif cur.source is not None:
+            if cur.source.strict:
+                # The child cannot exist in a strict replay; the parent faults at its next trap.
+                raise ReplayError(
+                    f"replay diverged at op {op} of pid {parent.pid}: spawn of {image_name!r} "
+                    "was not recorded here"
+                )
+            cur.source = None
+        self.journal.append(cur.stream, op, Entry(d, {"spawned": pid}, None))
+        return child
+
+    def _arm_timer(self, p: Process) -> None:
+        when = p.deadline
+        wall = p.account.wall_deadline
+        reason = DEADLINE
+        if wall is not None and (when is None or wall < when):
+            when, reason = wall, quota("wall")
+        if p.timer is not None:
+            p.timer.cancel()
+            p.timer = None
+        if when is not None:
+            p.timer = self.loop.call_at(when, self.kill, p.pid, reason)
+
+    async def _run(self, p: Process, fn: Image, sys: Sys) -> None:
+        try:
+            await fn(sys, *p.args)
+            reason = NORMAL
+        except ProcessExit as e:
+            reason = e.reason if isinstance(e.reason, ExitReason) else NORMAL
+        except QuotaExceeded as e:
+            reason = quota(e.resource)
+        except asyncio.CancelledError:
+            if p.reason is not None:
+                return  # killed: the kernel already recorded why
+            reason = SHUTDOWN
+        except Exception as e:
+            reason = fault(e)
+            self.events.emit("fault", p.pid, {"error": reason.detail,
+                                               "traceback": _short_traceback(e)})
+        self._exit(p, reason)
+
+    # -- death ------------------------------------------------------------------
+
+    def kill(self, pid: int, reason: ExitReason) -> bool:
+        """End `pid` now with `reason`; False if it was not alive."""
+        p = self.procs.get(pid)
+        if p is None or pid == INIT or p.reason is not None:
+            return False
+        self._exit(p, reason)
+        return True
+
+    def _exit(self, first: Process, first_reason: ExitReason) -> None:
+        # A worklist, not recursion: a chain of links may be arbitrarily long.
+        work: deque[tuple[Process, ExitReason]] = deque([(first, first_reason)])
+        while work:
+            p, reason = work.popleft()
+            if p.reason is not None:
+                continue
+            p.reason = reason
+            pid = p.pid
+            if p.timer is not None:
+                p.timer.cancel()
+                p.timer = None
+            del self.procs[pid]
+            self._reaped[pid] = reason
+            if len(self._reaped) > REAPED_KEEP:
+                self._reaped.popitem(last=False)
+            if p.account.parent is not None:
+                p.account.parent.close_child()
+            self.caps.revoke_owned(pid)
+            if p.waiter is not None:
+                p.waiter = None
+            if p.senders:
+                for fut in p.senders:
+                    if not fut.done():
+                        fut.set_result(None)
+                p.senders = None
+            if p.stopped is not None and not p.stopped.done():
+                p.stopped.set_result(None)
+            parent = self.procs.get(p.parent)
+            if parent is not None and parent.kids is not None:
+                parent.kids.discard(pid)
+            if p.kids:
+                init = self._init
+                for kid_pid in p.kids:
+                    kid = self.procs.get(kid_pid)
+                    if kid is not None:
+                        kid.parent = INIT
+                        if init.kids is None:
+                            init.kids = set()
+                        init.kids.add(kid_pid)
+                p.kids = None
+            if p.links:
+                for other_pid in p.links:
+                    other = self.procs.get(other_pid)
+                    if other is None:
+                        continue
+                    if other.links is not None:
+                        other.links.discard(pid)
+                    if other.trap & TRAP_EXIT:
+                        self._deliver(other, Message(pid, Exit(pid, reason)), force=True)
+                    elif not reason.normal and other_pid != INIT:
+                        work.append((other, killed(pid)))
+                p.links = None
+            if p.monitors:
+                for watcher_pid in p.monitors:
+                    watcher = self.procs.get(watcher_pid)
+                    if watcher is not None:
+                        self._deliver(watcher, Message(pid, Down(pid, reason)), force=True)
+                p.monitors = None
+            waiters = self._exit_waiters.pop(pid, None)
+            if waiters:
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(reason)
+            if self.names:
+                for name in [n for n, owner in self.names.items() if owner == pid]:
+                    del self.names[name]
+            if p.cleanups:
+                for fn in reversed(p.cleanups):
+                    try:
+                        fn()
+                    except Exception as e:
+                        self.events.emit("fault", pid, {"error": f"cleanup failed: {e!r}"})
+                p.cleanups = None
+            if p.handles:
+                handles = list(p.handles.values())
+                p.handles = None
+                self.loop.create_task(_close_all(handles))
+            key = reason.kind
+            self.counters.exits[key] = self.counters.exits.get(key, 0) + 1
+            self.events.emit("exit", pid, {"reason": reason.to_json(), "name": p.name})
+            if self.store is not None:
+                self.store.end_process(pid, "exited", reason.to_json(), self.wall())
+            task = p.task
+            if task is not None and not task.done() and task is not _current_task():
+                task.cancel()
+
+    # -- messages ---------------------------------------------------------------
+
+    def _deliver(self, p: Process, msg: Message, *, force: bool = False) -> None:
+        waiter = p.waiter
+        if waiter is not None and (p.match is None or _matches(p.match, msg.body)):
+            p.waiter = None
+            p.match = None
+            waiter.set_result(msg)
+            return
+        q = p.queue
+        if q is None:
+            p.queue = deque((msg,))
+        else:
+            q.append(msg)
+
+    def mailbox_full(self, p: Process) -> bool:
+        q = p.queue
+        if q is None:
+            return False
+        limit = p.account.budget.mailbox if p.account.budget is not None else None
+        return len(q) >= (limit if limit is not None else self.mailbox_limit)
+
+    def post(self, pid: int, body: Any, sender: int = 0) -> bool:
+        """Deliver from outside any process (the host, a transport); never blocks."""
+        p = self.procs.get(pid)
+        if p is None or p.reason is not None:
+            return False
+        if self.mailbox_full(p):
+            self.events.emit("fault", pid, {"error": "mailbox full: external message dropped"})
+            return False
+        self._deliver(p, Message(sender, body))
+        return True
+
+    # -- signals ------------------------------------------------------------------
+
+    def signal(self, pid: int, sig: str, by: int = 0) -> bool:
+        """kill, term (catchable), stop, cont. False if `pid` was not alive."""
+        p = self.procs.get(pid)
+        if p is None or p.reason is not None or pid == INIT:
+            return False
+        if sig == "kill":
+            self.events.emit("signal", pid, {"signal": sig, "by": by})
+            self._exit(p, killed(by))
+        elif sig == "term":
+            self.events.emit("signal", pid, {"signal": sig, "by": by})
+            if p.trap & TRAP_TERM:
+                self._deliver(p, Message(by, Term(by)), force=True)
+            else:
+                self._exit(p, SHUTDOWN)
+        elif sig == "stop":
+            if p.stopped is None:
+                p.stopped = self.loop.create_future()
+                self.events.emit("signal", pid, {"signal": sig, "by": by})
+        elif sig == "cont":
+            fut = p.stopped
+            if fut is not None:
+                p.stopped = None
+                if not fut.done():
+                    fut.set_result(None)
+                self.events.emit("signal", pid, {"signal": sig, "by": by})
+        else:
+            raise KernelError(f"unknown signal {sig!r}: use kill, term, stop or cont")
+        return True
+
+    def set_deadline(self, p: Process, seconds: float | None) -> None:
+        if seconds is not None and not seconds >= 0:
+            raise KernelError(f"deadline must be >= 0 seconds, got {seconds!r}")
+        p.deadline = None if seconds is None else self._now() + seconds
+        self._arm_timer(p)
+
+    async def wait(self, pid: int) -> ExitReason:
+        """The exit reason of `pid`, waiting for it if it is alive (works after death too)."""
+        p = self.procs.get(pid)
+        if p is None or p.reason is not None:
+            return await self.reason_of(pid)
+        fut: asyncio.Future[ExitReason] = self.loop.create_future()
+        self._exit_waiters.setdefault(pid, []).append(fut)
+        try:
+            return await fut
+        finally:
+            waiters = self._exit_waiters.get(pid)
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._exit_waiters[pid]
+
+    async def reason_of(self, pid: int) -> ExitReason:
+        reason = self._reaped.get(pid)
+        if reason is not None:
+            return reason
+        if self.store is not None:
+            store = self.store
+            await store.aflush()
+            row = await store.read(lambda _c: store.process(pid))
+            if row is not None and row.reason:
+                return ExitReason.from_json(row.reason)
+            if row is not None and pid in self.interrupted:
+                return INTERRUPTED
+        raise KernelError(f"no process {pid} is known to this kernel")
+
+    # -- device I/O ---------------------------------------------------------------
+
+    async def io(self, p: Process, handle: Handle, driver: Driver, op: str, payload: Any) -> Any:
+        """One journaled, accounted, lane-admitted device operation."""
+        account = p.account
+        over = account.overdrawn()
+        if over is not None:
+            raise QuotaExceeded(over, "budget already spent")
+        estimate = handle.estimate(payload) if op == "read" else None
+        hold = account.reserve(estimate) if estimate else None  # refused ⇒ nothing sent
+        try:
+            reply = await self._journaled(p, f"{driver.name}.{op}", payload, handle, driver, op)
+        except BaseException:
+            if hold is not None:
+                hold.cancel()
+            raise
+        cost = reply.cost
+        if cost:
+            c = self.counters.charged
+            c["tokens"] += cost.tokens
+            c["usd"] += cost.usd
+            c["tool_calls"] += cost.tool_calls
+        over = hold.settle(cost) if hold is not None else (
+            account.overdrawn() if account.force(cost) else None
+        )
+        if over is not None:
+            self.events.emit("quota", p.pid, {"resource": over, "cost": cost.to_json()})
+            raise QuotaExceeded(over, "the last call's actual cost passed the budget")
+        return reply.value
+
+    async def _journaled(
+        self, p: Process, kind: str, payload: Any, handle: Handle, driver: Driver, op: str
+    ) -> Reply:
+        cur = p.journal
+        if cur is None:
+            if not self.record:
+                return await self._live(p, handle, driver, op, payload)
+            cur = p.journal = Cursor(p.pid)
+        n = cur.op
+        cur.op += 1
+        d = digest(kind, payload)
+        recorded = cur.recorded(n)
+        if recorded is not None and recorded.digest == d:
+            self.counters.replayed += 1
+            self.journal.append(cur.stream, n, recorded)
+            if recorded.error is not None:
+                raise DriverError(recorded.error)
+            res = recorded.result
+            return Reply(res.get("value") if isinstance(res, dict) else res)
+        if cur.source is not None:
+            if cur.source.strict:
+                what = "has no entry" if recorded is None else "diverged from its entry"
+                raise ReplayError(
+                    f"replay of pid {cur.origin} {what} at op {n} ({kind}); "
+                    "strict replay makes no live calls"
+                )
+            cur.source = None  # recover: the journal ends here, continue live
+            self.events.emit("recovered", p.pid, {"op": n})
+        try:
+            reply = await self._live(p, handle, driver, op, payload)
+        except Exception as e:
+            self.journal.append(cur.stream, n, Entry(d, None, f"{type(e).__name__}: {e}"))
+            raise
+        self.journal.append(cur.stream, n, Entry(d, {"value": reply.value,
+                                                    "cost": reply.cost.to_json()}, None))
+        return reply
+
+    async def _live(self, p: Process, handle: Handle, driver: Driver, op: str, payload: Any
+                    ) -> Reply:
+        call = handle.read if op == "read" else handle.write
+        if driver.lane is None:
+            reply = await call(payload)
+        else:
+            async with self.lanes.get(driver.lane).slot(p.priority, p.deadline):
+                reply = await call(payload)
+        if not isinstance(reply, Reply):
+            raise DriverError(f"driver {driver.name!r} returned {type(reply).__name__}, not Reply")
+        return reply
+
+    # -- replay, snapshot, restore ------------------------------------------------
+
+    async def replay(self, origin: int, image: str | None = None, *, strict: bool = True,
+                     parent: int = INIT, args: tuple[Any, ...] | None = None) -> Child:
+        """Run a recorded process again from its journal (strict: zero live driver calls)."""
+        streams = await self.journal.load_tree(origin)
+        if strict and not streams.get(origin):
+            raise ReplayError(f"no journal recorded for pid {origin}")
+        info = await self._recorded_process(origin)
+        image = image or (info.image if info is not None else None)
+        if image is None:
+            raise ReplayError(f"pid {origin} is unknown here: name the image to replay")
+        run_args = args if args is not None else tuple((info.meta or {}).get("args", ())
+                                                       if info is not None else ())
+        parent_p = self._proc(parent)
+        pid_cursor = Cursor(0, Source(streams, strict), origin)
+        child = self.spawn(parent_p, image, run_args, cursor=pid_cursor)
+        pid_cursor.stream = child.pid
+        return child
+
+    async def _recorded_process(self, pid: int) -> Any:
+        if self.store is None:
+            return None
+        store = self.store
+        await store.aflush()
+        return await store.read(lambda _c: store.process(pid))
+
+    def snapshot(self, pid: int) -> dict[str, Any]:
+        """The durable state of a live process, as JSON. Capabilities are not captured."""
+        p = self._proc(pid)
+        if pid == INIT:
+            raise KernelError("init cannot be snapshotted")
+        now = self._now()
+        b = p.account.budget
+        usage = p.account.usage()
+        remaining = Budget(
+            tokens=None if b is None or b.tokens is None else max(0, b.tokens - p.account.tokens),
+            usd=None if b is None or b.usd is None else max(0.0, b.usd - p.account.usd),
+            tool_calls=None if b is None or b.tool_calls is None
+            else max(0, b.tool_calls - p.account.tool_calls),
+            children=None if b is None else b.children,
+            wall_s=None if p.account.wall_deadline is None
+            else max(0.0, p.account.wall_deadline - now),
+            mem=None if b is None else b.mem,
+            mailbox=None if b is None else b.mailbox,
+        )
+        snap = {
+            "abi": ABI_VERSION,
+            "pid": pid,
+            "image": p.image,
+            "name": p.name,
+            "args": list(p.args),
+            "priority": p.priority,
+            "deadline_in": None if p.deadline is None else max(0.0, p.deadline - now),
+            "stopped": p.stopped is not None,
+            "trap": p.trap,
+            "budget": remaining.to_json(),
+            "usage": usage,
+            "mailbox": [{"sender": m.sender, "body": m.body} for m in (p.queue or ())],
+            "context": p.context.dump() if p.context is not None else [],
+            "journal": None if p.journal is None else {"stream": p.journal.stream,
+                                                       "op": p.journal.op},
+        }
+        try:
+            json.dumps(snap)
+        except (TypeError, ValueError) as e:
+            raise KernelError(
+                f"pid {pid} cannot be snapshotted: its args, mailbox or memory hold a value "
+                f"that is not JSON ({e})"
+            ) from None
+        return snap
+
+    async def restore(self, snap: dict[str, Any], *, parent: int = INIT,
+                      caps: Iterable[str] = ()) -> Child:
+        """Start a new process from a snapshot; `caps` are re-granted by the restorer."""
+        abi = snap.get("abi") if isinstance(snap, dict) else None
+        if abi != ABI_VERSION:
+            raise KernelError(
+                f"snapshot ABI v{abi} does not match this kernel's v{ABI_VERSION}"
+            )
+        budget = Budget.from_json(snap.get("budget") or {})
+        context = None
+        if snap.get("context"):
+            context = await Context.load(snap["context"], budget.mem)
+        p_parent = self._proc(parent)
+        child = self.spawn(
+            p_parent,
+            snap["image"],
+            tuple(snap.get("args") or ()),
+            name=snap.get("name"),
+            budget=budget,
+            caps=caps,
+            priority=int(snap.get("priority") or 0),
+            deadline=snap.get("deadline_in"),
+            restored=snap,
+        )
+        p = self.procs[child.pid]
+        p.context = context
+        p.trap = int(snap.get("trap") or 0)
+        for m in snap.get("mailbox") or ():
+            self._deliver(p, Message(int(m.get("sender", 0)), m.get("body")))
+        if snap.get("stopped"):
+            self.signal(child.pid, "stop")
+        self.events.emit("restore", child.pid, {"from": snap.get("pid")})
+        return child
+
+    # -- introspection --------------------------------------------------------------
+
+    def _proc(self, pid: int) -> Process:
+        p = self.procs.get(pid)
+        if p is None:
+            raise KernelError(f"no live process {pid}")
+        return p
+
+    def info(self, p: Process) -> ProcInfo:
+        now = self._now()
+        return ProcInfo(
+            pid=p.pid,
+            parent=p.parent,
+            name=p.name,
+            image=p.image,
+            state=p.state,
+            mailbox=p.pending(),
+            priority=p.priority,
+            deadline_in=None if p.deadline is None else max(0.0, p.deadline - now),
+            usage=p.account.usage(),
+            remaining=p.account.remaining(now),
+            uptime_s=now - p.started,
+            memory=None if p.context is None else p.context.stats().to_json(),
+        )
+
+    def ps(self) -> list[ProcInfo]:
+        return [self.info(p) for p in self.procs.values()]
+
+    def inspect(self, pid: int) -> dict[str, Any]:
+        p = self._proc(pid)
+        out = self.info(p).to_json()
+        out["links"] = sorted(p.links or ())
+        out["monitors"] = sorted(p.monitors or ())
+        out["children"] = sorted(p.kids or ())
+        out["names"] = sorted(n for n, owner in self.names.items() if owner == pid)
+        out["caps"] = [
+            {"kind": c.kind, "target": c.target, "rights": sorted(c.rights),
+             "expires_in": None if c.expires is None else c.expires - self._now()}
+            for c in self.caps.held_by(pid)
+        ]
+        out["mailbox_preview"] = [_preview(m.body) for m in list(p.queue or ())[:5]]
+        out["working_set"] = [
+            {"id": s.id, "tokens": s.tokens, "pinned": s.pinned, "preview": _preview(s.body)}
+            for s in (p.context.working_set() if p.context is not None else ())
+        ]
+        out["journal"] = None if p.journal is None else {"stream": p.journal.stream,
+                                                         "ops": p.journal.op}
+        return out
+
+    def trace(self, n: int = 50, pid: int | None = None) -> list[Event]:
+        return self.events.tail(n, pid)
+
+    def metrics(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "processes": len(self.procs),
+            "spawned_total": c.spawned,
+            "exits_total": dict(c.exits),
+            "messages_sent_total": c.sent,
+            "messages_received_total": c.received,
+            "messages_dropped_total": c.dropped,
+            "charged_total": dict(c.charged),
+            "journal_entries_total": self.journal.appended,
+            "journal_replayed_total": c.replayed,
+            "capabilities": len(self.caps),
+            "events_total": self.events.seq,
+            "lanes": {s.name: {"concurrency": s.concurrency, "in_use": s.in_use,
+                               "waiting": s.waiting} for s in self.lanes.stats()},
+        }
+
+    def prometheus(self) -> str:
+        """The metrics in Prometheus text exposition format."""
+        m = self.metrics()
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP yool_{name} {help_}")
+            out.append(f"# TYPE yool_{name} {kind}")
+            out.extend(f"yool_{name}{labels} {value:g}" for labels, value in samples)
+
+        metric("processes", "gauge", "Live processes.", [("", m["processes"])])
+        metric("spawned_total", "counter", "Processes spawned.", [("", m["spawned_total"])])
+        metric("exits_total", "counter", "Process exits by reason.",
+               [(f'{{reason="{k}"}}', v) for k, v in sorted(m["exits_total"].items())])
+        metric("messages_sent_total", "counter", "Messages sent.",
+               [("", m["messages_sent_total"])])
+        metric("messages_dropped_total", "counter", "Messages sent to dead processes.",
+               [("", m["messages_dropped_total"])])
+        metric("charged_total", "counter", "Resources charged to accounts.",
+               [(f'{{meter="{k}"}}', v) for k, v in sorted(m["charged_total"].items())])
+        metric("journal_entries_total", "counter", "Journal entries appended.",
+               [("", m["journal_entries_total"])])
+        metric("capabilities", "gauge", "Live capabilities.", [("", m["capabilities"])])
+        metric("events_total", "counter", "Kernel events emitted.", [("", m["events_total"])])
+        metric("lane_in_use", "gauge", "Driver slots in use per lane.",
+               [(f'{{lane="{k}"}}', v["in_use"]) for k, v in sorted(m["lanes"].items())])
+        metric("lane_waiting", "gauge", "Callers waiting for a slot per lane.",
+               [(f'{{lane="{k}"}}', v["waiting"]) for k, v in sorted(m["lanes"].items())])
+        return "\n".join(out) + "\n"
+
+    # -- persistence and shutdown ---------------------------------------------------
+
+    def _persist_event(self, ev: Event) -> None:
+        assert self.store is not None
+        self.store.append_event(ev.seq, ev.ts, ev.kind, ev.pid, ev.data)
+
+    async def shutdown(self, reason: ExitReason = SHUTDOWN) -> None:
+        """Stop every process with `reason`, wait for them to unwind, flush the store."""
+        if self._closing:
+            return
+        self._closing = True
+        tasks = [p.task for p in self.procs.values() if p.task is not None]
+        for p in list(self.procs.values()):
+            if p.pid != INIT:
+                self._exit(p, reason)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.events.emit("shutdown", INIT, {"reason": reason.to_json()})
+        if self.store is not None:
+            await self.store.aflush()
+
+
+def _meta(args: tuple[Any, ...]) -> dict[str, Any] | None:
+    """Plain arguments are kept with the process row so a replay can pass them again."""
+    if not args:
+        return None
+    if all(a is None or isinstance(a, str | int | float | bool) for a in args):
+        return {"args": list(args)}
+    return None
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+def _matches(match: Callable[[Any], bool], body: Any) -> bool:
+    try:
+        return bool(match(body))
+    except Exception:
+        return False  # a broken predicate must not break the sender
+
+
+async def _close_all(handles: list[Any]) -> None:
+    for h in handles:
+        try:
+            await h.close()
+        except Exception as e:
+            log.warning("closing a device handle failed: %r", e)
+
+
+def _short_traceback(e: BaseException, limit: int = 6) -> str:
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-limit))[-4000:]
+
+
+def _preview(body: Any, width: int = 120) -> str:
+    text = body if isinstance(body, str) else repr(body)
+    return text if len(text) <= width else text[: width - 3] + "..."
