@@ -261,6 +261,22 @@ def test_a_failing_summarizer_loses_nothing() -> None:
     run(scenario())
 
 
+def test_concurrent_remembers_during_a_slow_summary_keep_the_accounting() -> None:
+    async def slow(victims: list[Segment]) -> tuple[Any, int]:
+        await asyncio.sleep(0)  # let the other remembers run meanwhile
+        return "gist", 5
+
+    async def scenario() -> None:
+        ctx = Context(ceiling=100, summarizer=slow)
+        await asyncio.gather(*(ctx.remember(f"note {i}", tokens=10) for i in range(30)))
+        resident = ctx.working_set()
+        assert ctx.stats().size == sum(s.tokens for s in resident) <= 80
+        notes = [d for d in ctx.dump() if not d["summary"]]
+        assert len(notes) == 30  # every note is resident or in swap, once
+
+    run(scenario())
+
+
 # --- recall ------------------------------------------------------------------------------------
 
 

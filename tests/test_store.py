@@ -557,6 +557,16 @@ def test_reserving_synchronously_from_the_writer_thread_raises_instead_of_deadlo
     assert "deadlock" in str(seen[0])
 
 
+def test_a_failing_reserve_later_callback_is_reported_by_flush(store: Store) -> None:
+    def broken(block: range) -> None:
+        raise RuntimeError(f"kernel bug with {block}")
+
+    store.reserve_pids_later(2, broken)
+    with pytest.raises(StoreError, match=r"reserve_pids_later\(2\) callback raised RuntimeError"):
+        store.flush()
+    assert store.reserve_pids(1) == range(3, 4)
+
+
 def test_concurrent_reservations_and_appends_hand_out_disjoint_blocks(db: Path) -> None:
     blocks: list[range] = []
     lock = threading.Lock()

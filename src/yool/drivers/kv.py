@@ -79,8 +79,9 @@ class _KVHandle(Handle):
 
 def _parse(request: Any, ops: tuple[str, str]) -> tuple[str, str]:
     if not isinstance(request, dict):
-        raise DriverError(f"kv: a request is a dict with 'op' ({' or '.join(ops)}), "
-                          f"got {type(request).__name__}")
+        raise DriverError(
+            f"kv: a request is a dict with 'op' ({' or '.join(ops)}), got {type(request).__name__}"
+        )
     op = request.get("op")
     if op not in ops:
         raise DriverError(f"kv: op must be {' or '.join(ops)}, got {op!r}")

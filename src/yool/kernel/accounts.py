@@ -78,20 +78,20 @@ class Account:
 
     __slots__ = ("budget", "children", "parent", "tokens", "tool_calls", "usd", "wall_deadline")
 
-    def __init__(
-        self, parent: Account | None, budget: Budget | None, now: float
-    ) -> None:
+    def __init__(self, parent: Account | None, budget: Budget | None, now: float) -> None:
         self.parent = parent
         self.budget = budget if budget is not None and budget != UNLIMITED else None
         self.tokens = 0
         self.usd = 0.0
         self.tool_calls = 0
         self.children = 0
-        wall = None if budget is None or budget.wall_s is None else now + budget.wall_s
-        inherited = parent.wall_deadline if parent is not None else None
+        wall: float | None = None
+        if budget is not None and budget.wall_s is not None:
+            wall = now + budget.wall_s
+        inherited: float | None = parent.wall_deadline if parent is not None else None
         if inherited is not None and (wall is None or inherited < wall):
             wall = inherited
-        self.wall_deadline = wall
+        self.wall_deadline: float | None = wall
 
     # -- charges ------------------------------------------------------------
 

@@ -11,8 +11,9 @@ with it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from yool.kernel.errors import CapError
 
@@ -35,7 +36,7 @@ class Cap:
         ref: str,
         owner: int,
         kind: str,
-        target: Hashable,
+        target: Any,
         rights: frozenset[str],
         expires: float | None,
         parent: str | None,
@@ -56,7 +57,7 @@ class CapInfo:
 
     ref: str
     kind: str
-    target: Hashable
+    target: Any
     rights: frozenset[str]
     expires: float | None
 
@@ -85,7 +86,7 @@ class CapTable:
         self,
         owner: int,
         kind: str,
-        target: Hashable,
+        target: Any,
         rights: Iterable[str],
         *,
         expires: float | None = None,

@@ -9,7 +9,9 @@ autojump). Real I/O and threads still work: ready I/O is always served first,
 a loop with no timers at all blocks on real I/O (so `call_soon_threadsafe` wakes
 it), and while executor work (`run_in_executor`, `asyncio.to_thread`) is
 outstanding, virtual time follows real time, so a thread's result is not
-overtaken by a jump past a pending timeout.
+overtaken by a jump past a pending timeout. Sockets are not waited for: with a
+timer pending, an idle poll jumps to it even if a reply is still in flight, so
+keep real network I/O out from under virtual timeouts.
 
 Usage (a conftest fixture is one way)::
 
@@ -30,6 +32,7 @@ Usage (a conftest fixture is one way)::
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -103,6 +106,8 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._epoch = float(epoch)
         self._thread_jobs = 0
         super().__init__(_VirtualSelector(self))
+        self._base_resolution: float = self._clock_resolution
+        self._fit_resolution()
 
     def time(self) -> float:
         return self._now
@@ -116,6 +121,14 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         if not seconds >= 0:
             raise ValueError(f"advance(seconds): seconds must be >= 0, got {seconds!r}")
         self._now += seconds
+        self._fit_resolution()
+
+    def _fit_resolution(self) -> None:
+        # `_run_once` collects timers with `when < time() + _clock_resolution`. Past
+        # ~2**24 s a float's spacing exceeds 1 ns, the sum rounds back to time() and
+        # a due timer would never be collected (the loop would spin at timeout 0).
+        # Two ulps also cover a long jump that rounds to one ulp short of its timer.
+        self._clock_resolution = max(self._base_resolution, 2 * math.ulp(self._now))
 
     @property
     def threads_busy(self) -> bool:

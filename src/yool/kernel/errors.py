@@ -27,7 +27,7 @@ class DriverError(KernelError):
     """A device operation failed (live, or as recorded in the journal)."""
 
 
-class ProcessExit(BaseException):  # noqa: N818 - like SystemExit, not an error
+class ProcessExit(BaseException):
     """Unwinds a process that exits (or was killed) from wherever it is.
 
     A BaseException so that a process's own `except Exception` cannot swallow it.

@@ -11,6 +11,9 @@ LLMs, MCP or the network.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
+import gc
 import json
 import logging
 import time
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from yool.kernel.accounts import Account, Budget, Cost
+from yool.kernel.accounts import Account, Budget
 from yool.kernel.caps import CapTable
 from yool.kernel.context import Context
 from yool.kernel.devices import Driver, Handle, Reply
@@ -53,6 +56,7 @@ INIT = 1
 PID_BLOCK = 8192
 REAPED_KEEP = 65_536
 PROCESS_RIGHTS = ("send", "monitor", "link", "kill")
+FULL_GC_EVERY = 1000  # middle-generation collections per full collection (CPython: 10)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +101,9 @@ class Counters:
     dropped: int = 0  # sends to a process that had already died
     replayed: int = 0
     exits: dict[str, int] = field(default_factory=dict)
-    charged: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "usd": 0.0,
-                                                               "tool_calls": 0})
+    charged: dict[str, float] = field(
+        default_factory=lambda: {"tokens": 0, "usd": 0.0, "tool_calls": 0}
+    )
 
 
 class Kernel:
@@ -115,8 +120,16 @@ class Kernel:
         lane_concurrency: int = 8,
         lane_ceiling: int = 256,
         aging_s: float = 1.0,
+        tune_gc: bool = True,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        # Python's full collections walk the whole heap; with hundreds of thousands of
+        # long-lived processes they dominate spawn time. Keep them rare while we run.
+        self._gc_before = gc.get_threshold() if tune_gc else None
+        if tune_gc:
+            young, middle, _ = self._gc_before  # type: ignore[misc]
+            gc.set_threshold(young, middle, FULL_GC_EVERY)
+        self._callback_context = contextvars.Context()
         now = self.loop.time
         self._now = now
         wall = getattr(self.loop, "wall", None)
@@ -129,6 +142,7 @@ class Kernel:
         self.mailbox_limit = mailbox_limit
         self.procs: dict[int, Process] = {}
         self.images: dict[str, Image] = {}
+        self._image_names: dict[Image, str] = {}
         self.drivers: dict[str, Driver] = {}
         self.names: dict[str, int] = {}
         self.counters = Counters()
@@ -155,8 +169,9 @@ class Kernel:
         self.procs[INIT] = init
         self._init = init
         self.caps.mint(INIT, "spawn", None, ("spawn",))
-        self.events.emit("boot", INIT, {"interrupted": self.interrupted} if self.interrupted
-                         else None)
+        self.events.emit(
+            "boot", INIT, {"interrupted": self.interrupted} if self.interrupted else None
+        )
 
     @classmethod
     def from_policy(cls, policy: RuntimePolicy, store: Store | None = None) -> Kernel:
@@ -197,8 +212,9 @@ class Kernel:
             raise KernelError(f"image name {name!r} is already registered to another function")
         self.images[name] = image
 
-    def register_driver(self, driver: Driver, rights: Iterable[str] = ("open", "read", "write")
-                        ) -> str:
+    def register_driver(
+        self, driver: Driver, rights: Iterable[str] = ("open", "read", "write")
+    ) -> str:
         """Install a driver; init receives the device capability, which it returns."""
         if driver.name in self.drivers:
             raise KernelError(f"driver {driver.name!r} is already registered")
@@ -214,10 +230,13 @@ class Kernel:
             return image, fn
         if not callable(image):
             raise KernelError(f"spawn needs an async function or an image name, got {image!r}")
-        name = getattr(image, "image_name", None) or f"{image.__module__}:{image.__qualname__}"
-        if self.images.setdefault(name, image) is not image:
-            name = f"{name}#{id(image):x}"  # two different functions with one qualname
-            self.images.setdefault(name, image)
+        name = self._image_names.get(image)
+        if name is None:
+            name = getattr(image, "image_name", None) or f"{image.__module__}:{image.__qualname__}"
+            if self.images.setdefault(name, image) is not image:
+                name = f"{name}#{id(image):x}"  # two different functions with one qualname
+                self.images.setdefault(name, image)
+            self._image_names[image] = name
         return name, image
 
     # -- pids -------------------------------------------------------------------
@@ -307,13 +326,15 @@ class Kernel:
             cursor = self._spawn_entry(parent, pid, image_name)
         p.journal = cursor
         sys = p.sys = Sys(self, p, restored)
-        p.task = self.loop.create_task(self._run(p, fn, sys))
+        task = p.task = self.loop.create_task(fn(sys, *args))
+        task.add_done_callback(sys._ended, context=self._callback_context)
         self.counters.spawned += 1
         self.events.emit("spawn", pid, {"parent": parent.pid, "name": p.name})
         if self.store is not None:
-            self.store.put_process(pid, parent.pid, image_name, p.name, "running", self.wall(),
-                                   _meta(args))
-        return Child(pid, self.caps.mint(parent.pid, "process", pid, PROCESS_RIGHTS))
+            self.store.put_process(
+                pid, parent.pid, image_name, p.name, "running", self.wall(), _meta(args)
+            )
+        return Child(pid, lambda: self.caps.mint(parent.pid, "process", pid, PROCESS_RIGHTS))
 
     def _spawn_entry(self, parent: Process, pid: int, image_name: str) -> Cursor | None:
         """Journal the spawn in the parent's stream; a replayed parent finds its child's."""
@@ -350,22 +371,27 @@ class Kernel:
         if when is not None:
             p.timer = self.loop.call_at(when, self.kill, p.pid, reason)
 
-    async def _run(self, p: Process, fn: Image, sys: Sys) -> None:
-        try:
-            await fn(sys, *p.args)
+    def ended(self, p: Process, task: asyncio.Task[Any]) -> None:
+        """The process's task finished: work out the one true reason, then clean up."""
+        if task.cancelled():
+            if p.reason is None:
+                self._exit(p, SHUTDOWN)  # cancelled from outside the kernel
+            return
+        e = task.exception()
+        if e is None:
             reason = NORMAL
-        except ProcessExit as e:
+        elif isinstance(e, ProcessExit):
             reason = e.reason if isinstance(e.reason, ExitReason) else NORMAL
-        except QuotaExceeded as e:
+        elif isinstance(e, QuotaExceeded):
             reason = quota(e.resource)
-        except asyncio.CancelledError:
-            if p.reason is not None:
-                return  # killed: the kernel already recorded why
+        elif isinstance(e, asyncio.CancelledError):
             reason = SHUTDOWN
-        except Exception as e:
+        else:
             reason = fault(e)
-            self.events.emit("fault", p.pid, {"error": reason.detail,
-                                               "traceback": _short_traceback(e)})
+            if p.reason is None:
+                self.events.emit(
+                    "fault", p.pid, {"error": reason.detail, "traceback": _short_traceback(e)}
+                )
         self._exit(p, reason)
 
     # -- death ------------------------------------------------------------------
@@ -439,9 +465,9 @@ class Kernel:
                 p.monitors = None
             waiters = self._exit_waiters.pop(pid, None)
             if waiters:
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_result(reason)
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(reason)
             if self.names:
                 for name in [n for n, owner in self.names.items() if owner == pid]:
                     del self.names[name]
@@ -587,8 +613,10 @@ class Kernel:
             c["tokens"] += cost.tokens
             c["usd"] += cost.usd
             c["tool_calls"] += cost.tool_calls
-        over = hold.settle(cost) if hold is not None else (
-            account.overdrawn() if account.force(cost) else None
+        over = (
+            hold.settle(cost)
+            if hold is not None
+            else (account.overdrawn() if account.force(cost) else None)
         )
         if over is not None:
             self.events.emit("quota", p.pid, {"resource": over, "cost": cost.to_json()})
@@ -628,12 +656,14 @@ class Kernel:
         except Exception as e:
             self.journal.append(cur.stream, n, Entry(d, None, f"{type(e).__name__}: {e}"))
             raise
-        self.journal.append(cur.stream, n, Entry(d, {"value": reply.value,
-                                                    "cost": reply.cost.to_json()}, None))
+        self.journal.append(
+            cur.stream, n, Entry(d, {"value": reply.value, "cost": reply.cost.to_json()}, None)
+        )
         return reply
 
-    async def _live(self, p: Process, handle: Handle, driver: Driver, op: str, payload: Any
-                    ) -> Reply:
+    async def _live(
+        self, p: Process, handle: Handle, driver: Driver, op: str, payload: Any
+    ) -> Reply:
         call = handle.read if op == "read" else handle.write
         if driver.lane is None:
             reply = await call(payload)
@@ -646,8 +676,15 @@ class Kernel:
 
     # -- replay, snapshot, restore ------------------------------------------------
 
-    async def replay(self, origin: int, image: str | None = None, *, strict: bool = True,
-                     parent: int = INIT, args: tuple[Any, ...] | None = None) -> Child:
+    async def replay(
+        self,
+        origin: int,
+        image: str | None = None,
+        *,
+        strict: bool = True,
+        parent: int = INIT,
+        args: tuple[Any, ...] | None = None,
+    ) -> Child:
         """Run a recorded process again from its journal (strict: zero live driver calls)."""
         streams = await self.journal.load_tree(origin)
         if strict and not streams.get(origin):
@@ -656,8 +693,11 @@ class Kernel:
         image = image or (info.image if info is not None else None)
         if image is None:
             raise ReplayError(f"pid {origin} is unknown here: name the image to replay")
-        run_args = args if args is not None else tuple((info.meta or {}).get("args", ())
-                                                       if info is not None else ())
+        run_args = (
+            args
+            if args is not None
+            else tuple((info.meta or {}).get("args", ()) if info is not None else ())
+        )
         parent_p = self._proc(parent)
         pid_cursor = Cursor(0, Source(streams, strict), origin)
         child = self.spawn(parent_p, image, run_args, cursor=pid_cursor)
@@ -682,10 +722,12 @@ class Kernel:
         remaining = Budget(
             tokens=None if b is None or b.tokens is None else max(0, b.tokens - p.account.tokens),
             usd=None if b is None or b.usd is None else max(0.0, b.usd - p.account.usd),
-            tool_calls=None if b is None or b.tool_calls is None
+            tool_calls=None
+            if b is None or b.tool_calls is None
             else max(0, b.tool_calls - p.account.tool_calls),
             children=None if b is None else b.children,
-            wall_s=None if p.account.wall_deadline is None
+            wall_s=None
+            if p.account.wall_deadline is None
             else max(0.0, p.account.wall_deadline - now),
             mem=None if b is None else b.mem,
             mailbox=None if b is None else b.mailbox,
@@ -704,8 +746,9 @@ class Kernel:
             "usage": usage,
             "mailbox": [{"sender": m.sender, "body": m.body} for m in (p.queue or ())],
             "context": p.context.dump() if p.context is not None else [],
-            "journal": None if p.journal is None else {"stream": p.journal.stream,
-                                                       "op": p.journal.op},
+            "journal": None
+            if p.journal is None
+            else {"stream": p.journal.stream, "op": p.journal.op},
         }
         try:
             json.dumps(snap)
@@ -716,14 +759,13 @@ class Kernel:
             ) from None
         return snap
 
-    async def restore(self, snap: dict[str, Any], *, parent: int = INIT,
-                      caps: Iterable[str] = ()) -> Child:
+    async def restore(
+        self, snap: dict[str, Any], *, parent: int = INIT, caps: Iterable[str] = ()
+    ) -> Child:
         """Start a new process from a snapshot; `caps` are re-granted by the restorer."""
         abi = snap.get("abi") if isinstance(snap, dict) else None
         if abi != ABI_VERSION:
-            raise KernelError(
-                f"snapshot ABI v{abi} does not match this kernel's v{ABI_VERSION}"
-            )
+            raise KernelError(f"snapshot ABI v{abi} does not match this kernel's v{ABI_VERSION}")
         budget = Budget.from_json(snap.get("budget") or {})
         context = None
         if snap.get("context"):
@@ -772,7 +814,7 @@ class Kernel:
             usage=p.account.usage(),
             remaining=p.account.remaining(now),
             uptime_s=now - p.started,
-            memory=None if p.context is None else p.context.stats().to_json(),
+            memory=None if p.context is None else dataclasses.asdict(p.context.stats()),
         )
 
     def ps(self) -> list[ProcInfo]:
@@ -786,8 +828,12 @@ class Kernel:
         out["children"] = sorted(p.kids or ())
         out["names"] = sorted(n for n, owner in self.names.items() if owner == pid)
         out["caps"] = [
-            {"kind": c.kind, "target": c.target, "rights": sorted(c.rights),
-             "expires_in": None if c.expires is None else c.expires - self._now()}
+            {
+                "kind": c.kind,
+                "target": c.target,
+                "rights": sorted(c.rights),
+                "expires_in": None if c.expires is None else c.expires - self._now(),
+            }
             for c in self.caps.held_by(pid)
         ]
         out["mailbox_preview"] = [_preview(m.body) for m in list(p.queue or ())[:5]]
@@ -795,8 +841,9 @@ class Kernel:
             {"id": s.id, "tokens": s.tokens, "pinned": s.pinned, "preview": _preview(s.body)}
             for s in (p.context.working_set() if p.context is not None else ())
         ]
-        out["journal"] = None if p.journal is None else {"stream": p.journal.stream,
-                                                         "ops": p.journal.op}
+        out["journal"] = (
+            None if p.journal is None else {"stream": p.journal.stream, "ops": p.journal.op}
+        )
         return out
 
     def trace(self, n: int = 50, pid: int | None = None) -> list[Event]:
@@ -816,8 +863,10 @@ class Kernel:
             "journal_replayed_total": c.replayed,
             "capabilities": len(self.caps),
             "events_total": self.events.seq,
-            "lanes": {s.name: {"concurrency": s.concurrency, "in_use": s.in_use,
-                               "waiting": s.waiting} for s in self.lanes.stats()},
+            "lanes": {
+                s.name: {"concurrency": s.concurrency, "in_use": s.in_use, "waiting": s.waiting}
+                for s in self.lanes.stats()
+            },
         }
 
     def prometheus(self) -> str:
@@ -832,22 +881,45 @@ class Kernel:
 
         metric("processes", "gauge", "Live processes.", [("", m["processes"])])
         metric("spawned_total", "counter", "Processes spawned.", [("", m["spawned_total"])])
-        metric("exits_total", "counter", "Process exits by reason.",
-               [(f'{{reason="{k}"}}', v) for k, v in sorted(m["exits_total"].items())])
-        metric("messages_sent_total", "counter", "Messages sent.",
-               [("", m["messages_sent_total"])])
-        metric("messages_dropped_total", "counter", "Messages sent to dead processes.",
-               [("", m["messages_dropped_total"])])
-        metric("charged_total", "counter", "Resources charged to accounts.",
-               [(f'{{meter="{k}"}}', v) for k, v in sorted(m["charged_total"].items())])
-        metric("journal_entries_total", "counter", "Journal entries appended.",
-               [("", m["journal_entries_total"])])
+        metric(
+            "exits_total",
+            "counter",
+            "Process exits by reason.",
+            [(f'{{reason="{k}"}}', v) for k, v in sorted(m["exits_total"].items())],
+        )
+        metric("messages_sent_total", "counter", "Messages sent.", [("", m["messages_sent_total"])])
+        metric(
+            "messages_dropped_total",
+            "counter",
+            "Messages sent to dead processes.",
+            [("", m["messages_dropped_total"])],
+        )
+        metric(
+            "charged_total",
+            "counter",
+            "Resources charged to accounts.",
+            [(f'{{meter="{k}"}}', v) for k, v in sorted(m["charged_total"].items())],
+        )
+        metric(
+            "journal_entries_total",
+            "counter",
+            "Journal entries appended.",
+            [("", m["journal_entries_total"])],
+        )
         metric("capabilities", "gauge", "Live capabilities.", [("", m["capabilities"])])
         metric("events_total", "counter", "Kernel events emitted.", [("", m["events_total"])])
-        metric("lane_in_use", "gauge", "Driver slots in use per lane.",
-               [(f'{{lane="{k}"}}', v["in_use"]) for k, v in sorted(m["lanes"].items())])
-        metric("lane_waiting", "gauge", "Callers waiting for a slot per lane.",
-               [(f'{{lane="{k}"}}', v["waiting"]) for k, v in sorted(m["lanes"].items())])
+        metric(
+            "lane_in_use",
+            "gauge",
+            "Driver slots in use per lane.",
+            [(f'{{lane="{k}"}}', v["in_use"]) for k, v in sorted(m["lanes"].items())],
+        )
+        metric(
+            "lane_waiting",
+            "gauge",
+            "Callers waiting for a slot per lane.",
+            [(f'{{lane="{k}"}}', v["waiting"]) for k, v in sorted(m["lanes"].items())],
+        )
         return "\n".join(out) + "\n"
 
     # -- persistence and shutdown ---------------------------------------------------
@@ -868,6 +940,8 @@ class Kernel:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.events.emit("shutdown", INIT, {"reason": reason.to_json()})
+        if self._gc_before is not None:
+            gc.set_threshold(*self._gc_before)
         if self.store is not None:
             await self.store.aflush()
 

@@ -8,6 +8,7 @@ to a process that traps the catchable terminate signal.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,8 +44,30 @@ class Term:
     by: int
 
 
-class Child(NamedTuple):
-    """What `spawn` hands back: the new pid and a capability over it."""
+class Child:
+    """What `spawn` hands back: the new pid and a capability over it.
 
-    pid: int
-    ref: str
+    The capability is minted when first asked for, so a bulk spawn whose
+    handles are dropped costs no capabilities at all.
+    """
+
+    __slots__ = ("_mint", "_ref", "pid")
+
+    def __init__(self, pid: int, mint: Callable[[], str] | None = None, ref: str | None = None):
+        self.pid = pid
+        self._mint = mint
+        self._ref = ref
+
+    @property
+    def ref(self) -> str:
+        if self._ref is None:
+            assert self._mint is not None
+            self._ref = self._mint()
+            self._mint = None
+        return self._ref
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.pid, self.ref))
+
+    def __repr__(self) -> str:
+        return f"Child(pid={self.pid})"

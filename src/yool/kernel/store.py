@@ -365,7 +365,8 @@ class _Writer:
             try:
                 done(result, error)
             except Exception as exc:
-                self.fail(f"callback {done!r} raised {type(exc).__name__}: {exc}")
+                name = getattr(done, "__qualname__", repr(done))
+                self.fail(f"callback {name} raised {type(exc).__name__}: {exc}")
         report = self._take_unreported() if any(f[2] for f in flushes) else None
         for _, notify, consume in flushes:
             try:
@@ -1043,6 +1044,11 @@ class Store:
             if error is not None:
                 self._writer.fail(f"reserve_pids_later({count}): {type(error).__name__}: {error}")
             elif block is not None:
-                callback(block)
+                try:
+                    callback(block)
+                except Exception as exc:  # the block stays reserved: never handed out again
+                    self._writer.fail(
+                        f"reserve_pids_later({count}) callback raised {type(exc).__name__}: {exc}"
+                    )
 
         self._put((_CALL, partial(_reserve, count=count), done, True))

@@ -59,6 +59,9 @@ class Sys:
         """Kernel time in seconds (virtual under the virtual clock)."""
         return self._k.loop.time()
 
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._k.ended(self._p, task)
+
     def _me(self) -> Process:
         p = self._p
         if p.reason is not None:
@@ -95,8 +98,16 @@ class Sys:
         if k.caps.holds_kind(p.pid, "spawn", "spawn") is None:
             raise CapError(f"pid {p.pid} holds no spawn capability")
         return k.spawn(
-            p, image, args, name=name, budget=budget, caps=caps, link=link,
-            monitor=monitor, priority=priority, deadline=deadline,
+            p,
+            image,
+            args,
+            name=name,
+            budget=budget,
+            caps=caps,
+            link=link,
+            monitor=monitor,
+            priority=priority,
+            deadline=deadline,
         )
 
     def exit(self, reason: ExitReason = NORMAL) -> NoReturn:
@@ -122,7 +133,7 @@ class Sys:
         target_pid = k.caps.require(p.pid, ref, "send", "process").target
         for c in caps:
             k.caps.require_held(p.pid, c)
-        target = k.procs.get(target_pid)  # type: ignore[arg-type]
+        target = k.procs.get(target_pid)
         while target is not None and target.reason is None and k.mailbox_full(target):
             fut: asyncio.Future[None] = k.loop.create_future()
             if target.senders is None:
@@ -134,7 +145,7 @@ class Sys:
                 if not fut.done():
                     fut.cancel()
             self._me()
-            target = k.procs.get(target_pid)  # type: ignore[arg-type]
+            target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             k.counters.dropped += 1
             return False
@@ -151,7 +162,7 @@ class Sys:
         target_pid = k.caps.require(p.pid, ref, "send", "process").target
         for c in caps:
             k.caps.require_held(p.pid, c)
-        target = k.procs.get(target_pid)  # type: ignore[arg-type]
+        target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             k.counters.dropped += 1
             return False
@@ -164,7 +175,9 @@ class Sys:
         return True
 
     async def recv(
-        self, timeout: float | None = None, match: Callable[[Any], bool] | None = None
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - Erlang's `receive ... after`
+        match: Callable[[Any], bool] | None = None,
     ) -> Message:
         """The oldest message (whose body satisfies `match`, if given).
 
@@ -232,7 +245,7 @@ class Sys:
         """Receive `Down(pid, reason)` when the process behind `ref` dies (at once if dead)."""
         p = self._me()
         k = self._k
-        target_pid: int = k.caps.require(p.pid, ref, "monitor", "process").target  # type: ignore[assignment]
+        target_pid: int = k.caps.require(p.pid, ref, "monitor", "process").target
         target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             reason = target.reason if target is not None else k._reaped.get(target_pid)
@@ -246,7 +259,7 @@ class Sys:
     def demonitor(self, ref: str) -> None:
         p = self._me()
         k = self._k
-        target = k.procs.get(k.caps.require(p.pid, ref, "monitor", "process").target)  # type: ignore[arg-type]
+        target = k.procs.get(k.caps.require(p.pid, ref, "monitor", "process").target)
         if target is not None and target.monitors:
             target.monitors.discard(p.pid)
 
@@ -254,7 +267,7 @@ class Sys:
         """Die with the other process (or get `Exit` messages, if trapping exits)."""
         p = self._me()
         k = self._k
-        target_pid: int = k.caps.require(p.pid, ref, "link", "process").target  # type: ignore[assignment]
+        target_pid: int = k.caps.require(p.pid, ref, "link", "process").target
         target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             reason = target.reason if target is not None else k._reaped.get(target_pid)
@@ -271,7 +284,7 @@ class Sys:
     def unlink(self, ref: str) -> None:
         p = self._me()
         k = self._k
-        target_pid: int = k.caps.require(p.pid, ref, "link", "process").target  # type: ignore[assignment]
+        target_pid: int = k.caps.require(p.pid, ref, "link", "process").target
         target = k.procs.get(target_pid)
         if p.links:
             p.links.discard(target_pid)
@@ -291,7 +304,7 @@ class Sys:
     def _signal(self, ref: str, sig: str) -> bool:
         p = self._me()
         k = self._k
-        target: int = k.caps.require(p.pid, ref, "kill", "process").target  # type: ignore[assignment]
+        target: int = k.caps.require(p.pid, ref, "kill", "process").target
         done = k.signal(target, sig, by=p.pid)
         self._me()  # signalled itself
         return done
@@ -315,7 +328,7 @@ class Sys:
         """The exit reason of the process behind `ref`, waiting if needed (also after death)."""
         p = self._me()
         k = self._k
-        target: int = k.caps.require(p.pid, ref, "monitor", "process").target  # type: ignore[assignment]
+        target: int = k.caps.require(p.pid, ref, "monitor", "process").target
         reason = await k.wait(target)
         await self.checkpoint()
         return reason
@@ -383,7 +396,7 @@ class Sys:
         p = self._me()
         k = self._k
         cap = k.caps.require(p.pid, device, "open", "device")
-        driver = k.drivers.get(cap.target)  # type: ignore[arg-type]
+        driver = k.drivers.get(cap.target)
         if driver is None:
             raise KernelError(f"no driver {cap.target!r} is installed")
         await self.checkpoint()
@@ -411,7 +424,7 @@ class Sys:
         handle = p.handles.get(ref) if p.handles is not None else None
         if handle is None:
             raise CapError(f"handle {ref[:16]}... is closed")
-        value = await k.io(p, handle, k.drivers[cap.target], op, payload)  # type: ignore[index]
+        value = await k.io(p, handle, k.drivers[cap.target], op, payload)
         self._me()
         return value
 
