@@ -71,12 +71,28 @@ def _shown(value: object) -> str:
     return str(value)
 
 
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the exit reasons as JSON")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from yool.userland.demo import run
+
+    return run(as_json=args.json)
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "policy",
         "show the effective runtime policy and where each value came from",
         _policy,
         _policy_arguments,
+    ),
+    Command(
+        "demo",
+        "run a small supervised team for a few seconds and show how each process ended",
+        _demo,
+        _demo_arguments,
     ),
 )
 
