@@ -80,9 +80,11 @@ class _ToolsHandle(Handle):
             else:
                 result = await asyncio.to_thread(fn, **args)
         except Exception as e:
-            raise DriverError(f"tool {name!r} failed: {type(e).__name__}: {e}") from e
+            raise DriverError(f"tool {name!r} failed: {type(e).__name__}: {e}", ONE_CALL) from e
         try:
             json.dumps(result)
         except (TypeError, ValueError) as e:
-            raise DriverError(f"tool {name!r} returned a value that is not JSON ({e})") from None
+            raise DriverError(
+                f"tool {name!r} returned a value that is not JSON ({e})", ONE_CALL
+            ) from None
         return Reply(result, ONE_CALL)

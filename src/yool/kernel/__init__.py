@@ -18,6 +18,7 @@ from yool.kernel.messages import Child, Down, Exit, Message, Term
 from yool.kernel.reasons import (
     DEADLINE,
     INTERRUPTED,
+    NOPROC,
     NORMAL,
     SHUTDOWN,
     ExitReason,
@@ -32,6 +33,7 @@ __all__ = [
     "DEADLINE",
     "INIT",
     "INTERRUPTED",
+    "NOPROC",
     "NORMAL",
     "SHUTDOWN",
     "Budget",

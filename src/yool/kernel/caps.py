@@ -22,7 +22,7 @@ _RIGHTS: dict[frozenset[str], frozenset[str]] = {}
 
 
 def rights_of(names: Iterable[str]) -> frozenset[str]:
-    key = frozenset(names)
+    key = frozenset((names,)) if isinstance(names, str) else frozenset(names)  # "send" ≠ s,e,n,d
     return _RIGHTS.setdefault(key, key)
 
 

@@ -192,6 +192,14 @@ class Context:
     def ceiling(self) -> int | None:
         return self._ceiling
 
+    @property
+    def summarizer(self) -> Summarizer | None:
+        return self._summarizer
+
+    @summarizer.setter
+    def summarizer(self, fn: Summarizer | None) -> None:
+        self._summarizer = fn
+
     async def remember(self, body: Any, tokens: int | None = None, pin: bool = False) -> str:
         """Add a segment as the most recent; returns its id.
 

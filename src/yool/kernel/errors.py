@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KernelError(Exception):
     """A trap was used wrongly (unknown pid, bad argument, dead process)."""
@@ -24,7 +26,15 @@ class ReplayError(KernelError):
 
 
 class DriverError(KernelError):
-    """A device operation failed (live, or as recorded in the journal)."""
+    """A device operation failed (live, or as recorded in the journal).
+
+    `cost` is what the failed operation consumed anyway (a tool that ran, then
+    raised); it is charged like a successful call's.
+    """
+
+    def __init__(self, message: str, cost: Any = None) -> None:
+        super().__init__(message)
+        self.cost = cost
 
 
 class ProcessExit(BaseException):

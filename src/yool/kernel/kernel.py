@@ -11,6 +11,7 @@ LLMs, MCP or the network.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import gc
@@ -23,9 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from yool.kernel.accounts import Account, Budget
+from yool.kernel.accounts import Account, Budget, Cost, Reservation
 from yool.kernel.caps import CapTable
-from yool.kernel.context import Context
+from yool.kernel.context import Context, Summarizer
 from yool.kernel.devices import Driver, Handle, Reply
 from yool.kernel.errors import DriverError, KernelError, ProcessExit, QuotaExceeded, ReplayError
 from yool.kernel.events import Event, EventLog
@@ -54,6 +55,8 @@ log = logging.getLogger("yool.kernel")
 ABI_VERSION = 1
 INIT = 1
 PID_BLOCK = 8192
+PID_BLOCK_MAX = 1 << 20
+PID_RUNWAY_S = 4.0  # a top-up holds this many seconds of spawns at the current rate
 REAPED_KEEP = 65_536
 PROCESS_RIGHTS = ("send", "monitor", "link", "kill")
 FULL_GC_EVERY = 1000  # middle-generation collections per full collection (CPython: 10)
@@ -141,6 +144,7 @@ class Kernel:
         self.record = store is not None if record is None else record
         self.mailbox_limit = mailbox_limit
         self.procs: dict[int, Process] = {}
+        self.summarizer: Summarizer | None = None  # default for every process's working memory
         self.images: dict[str, Image] = {}
         self._image_names: dict[Image, str] = {}
         self.drivers: dict[str, Driver] = {}
@@ -154,12 +158,19 @@ class Kernel:
         self._pid_end: int | None = None  # None: no store, pids are unbounded
         self._topping_up = False
         self._spare_block: range | None = None
+        self._block_start = 0  # first pid of the block in use, and when it came into use
+        self._block_t0 = time.monotonic()
         start_seq = 0
         if store is not None:
             self.interrupted = store.mark_interrupted()
             start_seq = store.max_event_seq()
             block = store.reserve_pids(PID_BLOCK)
             self._next_pid, self._pid_end = max(block.start, 2), block.stop
+            self._block_start = block.start
+            # The first spare is asked for now, while the writer is idle, and large: a
+            # spawn storm right after boot outruns a lagging writer's answer otherwise.
+            self._topping_up = True
+            store.reserve_pids_later(PID_BLOCK * 8, self._spare_ready)
         self.events = EventLog(events_ring, self.wall, start_seq)
         if store is not None:
             self.events.sinks.append(self._persist_event)
@@ -253,9 +264,19 @@ class Kernel:
             block = self._spare_block or store.reserve_pids(PID_BLOCK)  # sync only if behind
             self._spare_block = None
             pid, self._pid_end = block.start, block.stop
-        elif self._spare_block is None and not self._topping_up and end - pid < PID_BLOCK // 2:
+            self._block_start, self._block_t0 = pid, time.monotonic()
+        elif (
+            self._spare_block is None
+            and not self._topping_up
+            and (pid - self._block_start) * 8 >= end - self._block_start
+        ):
+            # Ask early (an eighth in) and for enough pids to last PID_RUNWAY_S at the
+            # current rate: under a spawn storm the writer lags, and the loop must never
+            # wait for it on the sync path above.
             self._topping_up = True
-            store.reserve_pids_later(PID_BLOCK, self._spare_ready)
+            rate = (pid - self._block_start) / max(time.monotonic() - self._block_t0, 1e-3)
+            size = int(min(PID_BLOCK_MAX, max(PID_BLOCK, rate * PID_RUNWAY_S)))
+            store.reserve_pids_later(size, self._spare_ready)
         self._next_pid = pid + 1
         return pid
 
@@ -266,7 +287,9 @@ class Kernel:
             self._topping_up = False
             self._spare_block = block
 
-        self.loop.call_soon_threadsafe(adopt)
+        # If the loop is gone, the block stays reserved and is never handed out.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(adopt)
 
     # -- spawning ---------------------------------------------------------------
 
@@ -289,7 +312,7 @@ class Kernel:
         if self._closing:
             raise KernelError("the kernel is shutting down")
         image_name, fn = self._resolve(image)
-        handed = tuple(caps)
+        handed = tuple(dict.fromkeys(caps))  # the same cap twice moves once
         for ref in handed:
             self.caps.require_held(parent.pid, ref)
         if deadline is not None and not deadline >= 0:
@@ -299,6 +322,16 @@ class Kernel:
         try:
             pid = self._alloc_pid()
             account = Account(parent.account, budget, now)
+            if (
+                cursor is None
+                and parent.pid != INIT
+                and (self.record or parent.journal is not None)
+            ):
+                # Journal the spawn even before the parent's first I/O, and before the
+                # child exists: a strict replay that diverges here leaves no half-child.
+                if parent.journal is None:
+                    parent.journal = Cursor(parent.pid)
+                cursor = self._spawn_entry(parent, pid, image_name)
         except BaseException:
             parent.account.close_child()
             raise
@@ -322,11 +355,15 @@ class Kernel:
         if deadline is not None:
             p.deadline = now + deadline
         self._arm_timer(p)
-        if cursor is None and parent.journal is not None and self.record:
-            cursor = self._spawn_entry(parent, pid, image_name)
         p.journal = cursor
         sys = p.sys = Sys(self, p, restored)
-        task = p.task = self.loop.create_task(fn(sys, *args))
+        try:
+            coro: Any = fn(sys, *args)  # Any: an image may break its own type
+        except Exception as e:  # e.g. wrong arity: the child faults, no half-spawned entry
+            coro = _fail(e)
+        if not asyncio.iscoroutine(coro):
+            coro = _fail(KernelError(f"image {image_name!r} is not an async function"))
+        task = p.task = self.loop.create_task(coro)
         task.add_done_callback(sys._ended, context=self._callback_context)
         self.counters.spawned += 1
         self.events.emit("spawn", pid, {"parent": parent.pid, "name": p.name})
@@ -455,7 +492,9 @@ class Kernel:
                     if other.trap & TRAP_EXIT:
                         self._deliver(other, Message(pid, Exit(pid, reason)), force=True)
                     elif not reason.normal and other_pid != INIT:
-                        work.append((other, killed(pid)))
+                        # In a shutdown every process ends with the shutdown's reason (OTP:
+                        # the exit signal carries `shutdown`), whichever of a pair goes first.
+                        work.append((other, reason if self._closing else killed(pid)))
                 p.links = None
             if p.monitors:
                 for watcher_pid in p.monitors:
@@ -495,6 +534,12 @@ class Kernel:
 
     def _deliver(self, p: Process, msg: Message, *, force: bool = False) -> None:
         waiter = p.waiter
+        if waiter is not None and waiter.done():
+            # The wait was cancelled (a timeout or a cancel at this very instant) and the
+            # receiver has not resumed yet: queue the message, so it is not lost.
+            p.waiter = None
+            p.match = None
+            waiter = None
         if waiter is not None and (p.match is None or _matches(p.match, msg.body)):
             p.waiter = None
             p.match = None
@@ -603,11 +648,23 @@ class Kernel:
         hold = account.reserve(estimate) if estimate else None  # refused ⇒ nothing sent
         try:
             reply = await self._journaled(p, f"{driver.name}.{op}", payload, handle, driver, op)
-        except BaseException:
+        except BaseException as e:
+            spent = getattr(e, "cost", None) if isinstance(e, DriverError) else None
             if hold is not None:
                 hold.cancel()
+            if isinstance(spent, Cost) and spent:
+                self._charge(p, driver, spent, None)  # it ran: failing does not make it free
             raise
-        cost = reply.cost
+        return self._charge(p, driver, reply.cost, hold, reply.value)
+
+    def _charge(
+        self, p: Process, driver: Driver, cost: Cost, hold: Reservation | None, value: Any = None
+    ) -> Any:
+        if not isinstance(cost, Cost) or cost.tokens < 0 or cost.usd < 0 or cost.tool_calls < 0:
+            if hold is not None:
+                hold.cancel()
+            raise DriverError(f"driver {driver.name!r} reported an invalid cost {cost!r}")
+        account = p.account
         if cost:
             c = self.counters.charged
             c["tokens"] += cost.tokens
@@ -621,7 +678,7 @@ class Kernel:
         if over is not None:
             self.events.emit("quota", p.pid, {"resource": over, "cost": cost.to_json()})
             raise QuotaExceeded(over, "the last call's actual cost passed the budget")
-        return reply.value
+        return value
 
     async def _journaled(
         self, p: Process, kind: str, payload: Any, handle: Handle, driver: Driver, op: str
@@ -654,7 +711,10 @@ class Kernel:
         try:
             reply = await self._live(p, handle, driver, op, payload)
         except Exception as e:
-            self.journal.append(cur.stream, n, Entry(d, None, f"{type(e).__name__}: {e}"))
+            # Replayed as DriverError(error): keep a DriverError's own text, so the
+            # replayed process sees the very message the original saw.
+            error = str(e) if isinstance(e, DriverError) else f"{type(e).__name__}: {e}"
+            self.journal.append(cur.stream, n, Entry(d, None, error))
             raise
         self.journal.append(
             cur.stream, n, Entry(d, {"value": reply.value, "cost": reply.cost.to_json()}, None)
@@ -684,8 +744,13 @@ class Kernel:
         strict: bool = True,
         parent: int = INIT,
         args: tuple[Any, ...] | None = None,
+        caps: Iterable[str] = (),
     ) -> Child:
-        """Run a recorded process again from its journal (strict: zero live driver calls)."""
+        """Run a recorded process again from its journal (strict: zero live driver calls).
+
+        Capabilities are not journaled: `caps` (held by `parent`) are handed to the
+        replayed process, as they were handed to the original at its spawn.
+        """
         streams = await self.journal.load_tree(origin)
         if strict and not streams.get(origin):
             raise ReplayError(f"no journal recorded for pid {origin}")
@@ -700,7 +765,7 @@ class Kernel:
         )
         parent_p = self._proc(parent)
         pid_cursor = Cursor(0, Source(streams, strict), origin)
-        child = self.spawn(parent_p, image, run_args, cursor=pid_cursor)
+        child = self.spawn(parent_p, image, run_args, caps=caps, cursor=pid_cursor)
         pid_cursor.stream = child.pid
         return child
 
@@ -769,7 +834,7 @@ class Kernel:
         budget = Budget.from_json(snap.get("budget") or {})
         context = None
         if snap.get("context"):
-            context = await Context.load(snap["context"], budget.mem)
+            context = await Context.load(snap["context"], budget.mem, self.summarizer)
         p_parent = self._proc(parent)
         child = self.spawn(
             p_parent,
@@ -885,7 +950,7 @@ class Kernel:
             "exits_total",
             "counter",
             "Process exits by reason.",
-            [(f'{{reason="{k}"}}', v) for k, v in sorted(m["exits_total"].items())],
+            [(f'{{reason="{_label(k)}"}}', v) for k, v in sorted(m["exits_total"].items())],
         )
         metric("messages_sent_total", "counter", "Messages sent.", [("", m["messages_sent_total"])])
         metric(
@@ -898,7 +963,7 @@ class Kernel:
             "charged_total",
             "counter",
             "Resources charged to accounts.",
-            [(f'{{meter="{k}"}}', v) for k, v in sorted(m["charged_total"].items())],
+            [(f'{{meter="{_label(k)}"}}', v) for k, v in sorted(m["charged_total"].items())],
         )
         metric(
             "journal_entries_total",
@@ -912,13 +977,13 @@ class Kernel:
             "lane_in_use",
             "gauge",
             "Driver slots in use per lane.",
-            [(f'{{lane="{k}"}}', v["in_use"]) for k, v in sorted(m["lanes"].items())],
+            [(f'{{lane="{_label(k)}"}}', v["in_use"]) for k, v in sorted(m["lanes"].items())],
         )
         metric(
             "lane_waiting",
             "gauge",
             "Callers waiting for a slot per lane.",
-            [(f'{{lane="{k}"}}', v["waiting"]) for k, v in sorted(m["lanes"].items())],
+            [(f'{{lane="{_label(k)}"}}', v["waiting"]) for k, v in sorted(m["lanes"].items())],
         )
         return "\n".join(out) + "\n"
 
@@ -969,6 +1034,10 @@ def _matches(match: Callable[[Any], bool], body: Any) -> bool:
         return False  # a broken predicate must not break the sender
 
 
+async def _fail(error: Exception) -> None:
+    raise error
+
+
 async def _close_all(handles: list[Any]) -> None:
     for h in handles:
         try:
@@ -979,6 +1048,11 @@ async def _close_all(handles: list[Any]) -> None:
 
 def _short_traceback(e: BaseException, limit: int = 6) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-limit))[-4000:]
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _preview(body: Any, width: int = 120) -> str:

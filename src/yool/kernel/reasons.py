@@ -2,7 +2,8 @@
 
 The vocabulary is Erlang/OTP's: `normal`, `fault(error)`, `quota(resource)`,
 `killed(by)`, `deadline`, `shutdown`; plus `interrupted` for a process whose
-kernel stopped underneath it (found after a restart).
+kernel stopped underneath it (found after a restart), and `noproc` in a `Down`
+about a pid this kernel no longer remembers.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["normal", "fault", "quota", "killed", "deadline", "shutdown", "interrupted"]
+Kind = Literal[
+    "normal", "fault", "quota", "killed", "deadline", "shutdown", "interrupted", "noproc"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,7 @@ NORMAL = ExitReason("normal")
 DEADLINE = ExitReason("deadline")
 SHUTDOWN = ExitReason("shutdown")
 INTERRUPTED = ExitReason("interrupted")
+NOPROC = ExitReason("noproc")
 
 
 def fault(error: BaseException | str) -> ExitReason:

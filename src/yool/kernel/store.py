@@ -313,10 +313,14 @@ class _Writer:
         inbox = self.inbox
         running = True
         while running:
-            batch = [inbox.get()]
+            item = inbox.get()
+            batch = [item]
             try:
-                while len(batch) < MAX_BATCH:
-                    batch.append(inbox.get_nowait())
+                # Someone waits on a call (a pid block, above all): commit it with what came
+                # before it, not after whatever a busy producer keeps queueing behind it.
+                while item[0] != _CALL and len(batch) < MAX_BATCH:
+                    item = inbox.get_nowait()
+                    batch.append(item)
             except queue.Empty:
                 pass
             running = self._apply(batch)

@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from yool.kernel.accounts import Budget
 from yool.kernel.caps import CapInfo
-from yool.kernel.context import Context, Segment
+from yool.kernel.context import Context, Segment, Summarizer
 from yool.kernel.errors import CapError, KernelError, ProcessExit
 from yool.kernel.messages import Child, Down, Exit, Message
 from yool.kernel.process import TRAP_EXIT, TRAP_TERM, Image, Process
-from yool.kernel.reasons import NORMAL, ExitReason, killed
+from yool.kernel.reasons import NOPROC, NORMAL, ExitReason, killed
 
 if TYPE_CHECKING:
     from yool.kernel.kernel import Kernel
@@ -131,6 +131,7 @@ class Sys:
             await self.checkpoint()
         k = self._k
         target_pid = k.caps.require(p.pid, ref, "send", "process").target
+        caps = tuple(dict.fromkeys(caps))  # the same cap twice moves once
         for c in caps:
             k.caps.require_held(p.pid, c)
         target = k.procs.get(target_pid)
@@ -141,14 +142,20 @@ class Sys:
             target.senders.append(fut)
             try:
                 await fut
+                self._me()
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    _wake_sender(target)  # we were given room we will not use: pass it on
+                raise
             finally:
                 if not fut.done():
                     fut.cancel()
-            self._me()
             target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             k.counters.dropped += 1
             return False
+        for c in caps:
+            k.caps.require_held(p.pid, c)  # all still held after waiting: move all or none
         for c in caps:
             k.caps.transfer(p.pid, c, target.pid)
         k._deliver(target, Message(p.pid, body, caps))
@@ -160,6 +167,7 @@ class Sys:
         p = self._me()
         k = self._k
         target_pid = k.caps.require(p.pid, ref, "send", "process").target
+        caps = tuple(dict.fromkeys(caps))  # the same cap twice moves once
         for c in caps:
             k.caps.require_held(p.pid, c)
         target = k.procs.get(target_pid)
@@ -174,49 +182,74 @@ class Sys:
         k.counters.sent += 1
         return True
 
-    async def recv(
+    def recv(
         self,
-        timeout: float | None = None,  # noqa: ASYNC109 - Erlang's `receive ... after`
+        timeout: float | None = None,
         match: Callable[[Any], bool] | None = None,
-    ) -> Message:
-        """The oldest message (whose body satisfies `match`, if given).
+    ) -> Awaitable[Message]:
+        """The oldest message (whose body satisfies `match`, if given); await it.
 
-        Raises TimeoutError if none arrives within `timeout` seconds.
+        Raises TimeoutError if none arrives within `timeout` seconds. A plain
+        function returning an awaitable: a parked process then holds only a
+        small frame and a future, which is most of what an idle process costs.
         """
         p = self._me()
+        if p.stopped is None:
+            q = p.queue
+            if q:
+                msg = _take(q, match)
+                if msg is not None:
+                    self._taken(p)
+                    return _ready(msg)
+            if timeout is None:
+                fut: asyncio.Future[Message] = self._k.loop.create_future()
+                p.waiter = fut
+                p.match = match
+                return self._park(p, fut)
+        return self._recv_slow(timeout, match)
+
+    async def _park(self, p: Process, fut: asyncio.Future[Message]) -> Message:
+        try:
+            msg = await fut
+        except BaseException:
+            _requeue(p, fut)
+            raise
+        self._k.counters.received += 1
         if p.stopped is not None:
             await self.checkpoint()
+        return msg
+
+    async def _recv_slow(
+        self, within: float | None, match: Callable[[Any], bool] | None
+    ) -> Message:
+        """recv with a timeout, or by a stopped process."""
+        await self.checkpoint()
+        p = self._p
         q = p.queue
         if q:
             msg = _take(q, match)
             if msg is not None:
                 self._taken(p)
                 return msg
-        if timeout is not None and timeout <= 0:
+        if within is not None and within <= 0:
             raise TimeoutError(f"pid {p.pid}: no message")
-        k = self._k
-        fut: asyncio.Future[Message] = k.loop.create_future()
+        fut: asyncio.Future[Message] = self._k.loop.create_future()
         p.waiter = fut
         p.match = match
         try:
-            if timeout is None:
+            async with asyncio.timeout(within):
                 msg = await fut
-            else:
-                async with asyncio.timeout(timeout):
-                    msg = await fut
+        except TimeoutError:
+            if not fut.done() or fut.cancelled():
+                _requeue(p, fut)
+                raise
+            # Delivered in the same instant the timeout fired, before it: it arrived in
+            # time. (Putting it back at the front could reorder a selective receive.)
+            msg = fut.result()
         except BaseException:
-            if fut.done() and not fut.cancelled():
-                # Delivered just as we were cancelled: put it back, never lose a message.
-                lost = fut.result()
-                if p.queue is None:
-                    p.queue = deque()
-                p.queue.appendleft(lost)
+            _requeue(p, fut)
             raise
-        finally:
-            if p.waiter is fut:
-                p.waiter = None
-                p.match = None
-        k.counters.received += 1
+        self._k.counters.received += 1
         if p.stopped is not None:
             await self.checkpoint()
         return msg
@@ -226,15 +259,8 @@ class Sys:
         q = p.queue
         if q is not None and not q:
             p.queue = None  # an idle process keeps no empty queue around
-        senders = p.senders
-        if senders:
-            while senders:
-                fut = senders.popleft()
-                if not fut.done():
-                    fut.set_result(None)
-                    break
-            if not senders:
-                p.senders = None
+        if p.senders:
+            _wake_sender(p)
 
     def pending(self) -> int:
         return self._p.pending()
@@ -249,7 +275,7 @@ class Sys:
         target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             reason = target.reason if target is not None else k._reaped.get(target_pid)
-            k._deliver(p, Message(target_pid, Down(target_pid, reason or NORMAL)), force=True)
+            k._deliver(p, Message(target_pid, Down(target_pid, reason or NOPROC)), force=True)
             return
         if target.monitors is None:
             target.monitors = {p.pid}
@@ -271,7 +297,7 @@ class Sys:
         target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             reason = target.reason if target is not None else k._reaped.get(target_pid)
-            reason = reason or NORMAL
+            reason = reason or NOPROC
             if p.trap & TRAP_EXIT:
                 k._deliver(p, Message(target_pid, Exit(target_pid, reason)), force=True)
             elif not reason.normal:
@@ -461,8 +487,12 @@ class Sys:
         p = self._me()
         if p.context is None:
             b = p.account.budget
-            p.context = Context(ceiling=None if b is None else b.mem)
+            p.context = Context(ceiling=None if b is None else b.mem, summarizer=self._k.summarizer)
         return p.context
+
+    def set_summarizer(self, fn: Summarizer | None) -> None:
+        """Replace paged-out segments by `fn`'s summary of them (e.g. an LLM's) from now on."""
+        self._context().summarizer = fn
 
     async def remember(self, body: Any, *, tokens: int | None = None, pin: bool = False) -> str:
         return await self._context().remember(body, tokens=tokens, pin=pin)
@@ -498,6 +528,35 @@ class Sys:
 
     def log(self, message: str, **fields: Any) -> None:
         self._k.events.emit("log", self._me().pid, {"message": message, **fields})
+
+
+async def _ready(msg: Message) -> Message:
+    return msg
+
+
+def _requeue(p: Process, fut: asyncio.Future[Message]) -> None:
+    """recv was interrupted: stop waiting, and keep a message that arrived meanwhile."""
+    if p.waiter is fut:
+        p.waiter = None
+        p.match = None
+    if fut.done() and not fut.cancelled():
+        if p.queue is None:
+            p.queue = deque()
+        p.queue.appendleft(fut.result())
+    else:
+        fut.cancel()
+
+
+def _wake_sender(p: Process) -> None:
+    """There is room in `p`'s mailbox: let the longest-blocked live sender retry."""
+    senders = p.senders
+    while senders:
+        fut = senders.popleft()
+        if not fut.done():
+            fut.set_result(None)
+            break
+    if not senders:
+        p.senders = None
 
 
 def _take(q: deque[Message], match: Callable[[Any], bool] | None) -> Message | None:
