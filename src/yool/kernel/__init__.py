@@ -13,8 +13,10 @@ from yool.kernel.errors import (
     QuotaExceeded,
     ReplayError,
 )
-from yool.kernel.kernel import ABI_VERSION, INIT, Kernel, ProcInfo
+from yool.kernel.introspect import ProcInfo
+from yool.kernel.kernel import Kernel
 from yool.kernel.messages import Child, Down, Exit, Message, Term
+from yool.kernel.process import INIT
 from yool.kernel.reasons import (
     DEADLINE,
     INTERRUPTED,
@@ -26,6 +28,7 @@ from yool.kernel.reasons import (
     killed,
     quota,
 )
+from yool.kernel.snapshots import ABI_VERSION
 from yool.kernel.sys import Sys
 
 __all__ = [

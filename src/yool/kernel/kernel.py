@@ -13,9 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import gc
-import json
 import logging
 import time
 import traceback
@@ -24,16 +22,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from yool.kernel import introspect, snapshots
 from yool.kernel.accounts import Account, Budget, Cost, Reservation
 from yool.kernel.caps import CapTable
-from yool.kernel.context import Context, Summarizer
+from yool.kernel.context import Summarizer
 from yool.kernel.devices import Driver, Handle, Reply
 from yool.kernel.errors import DriverError, KernelError, ProcessExit, QuotaExceeded, ReplayError
 from yool.kernel.events import Event, EventLog
+from yool.kernel.introspect import ProcInfo
 from yool.kernel.journal import Cursor, Entry, Journal, Source, digest
 from yool.kernel.lanes import Lanes
 from yool.kernel.messages import Child, Down, Exit, Message, Term
-from yool.kernel.process import TRAP_EXIT, TRAP_TERM, Image, Process
+from yool.kernel.process import INIT, TRAP_EXIT, TRAP_TERM, Image, Process
 from yool.kernel.reasons import (
     DEADLINE,
     INTERRUPTED,
@@ -52,48 +52,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("yool.kernel")
 
-ABI_VERSION = 1
-INIT = 1
 PID_BLOCK = 8192
 PID_BLOCK_MAX = 1 << 20
 PID_RUNWAY_S = 4.0  # a top-up holds this many seconds of spawns at the current rate
 REAPED_KEEP = 65_536
 PROCESS_RIGHTS = ("send", "monitor", "link", "kill")
 FULL_GC_EVERY = 1000  # middle-generation collections per full collection (CPython: 10)
-
-
-@dataclass(frozen=True, slots=True)
-class ProcInfo:
-    """One row of `ps`."""
-
-    pid: int
-    parent: int
-    name: str
-    image: str
-    state: str
-    mailbox: int
-    priority: int
-    deadline_in: float | None
-    usage: dict[str, float]
-    remaining: dict[str, float | None]
-    uptime_s: float
-    memory: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pid": self.pid,
-            "parent": self.parent,
-            "name": self.name,
-            "image": self.image,
-            "state": self.state,
-            "mailbox": self.mailbox,
-            "priority": self.priority,
-            "deadline_in": self.deadline_in,
-            "usage": self.usage,
-            "remaining": self.remaining,
-            "uptime_s": self.uptime_s,
-            "memory": self.memory,
-        }
 
 
 @dataclass
@@ -490,7 +454,7 @@ class Kernel:
                     if other.links is not None:
                         other.links.discard(pid)
                     if other.trap & TRAP_EXIT:
-                        self._deliver(other, Message(pid, Exit(pid, reason)), force=True)
+                        self.deliver(other, Message(pid, Exit(pid, reason)), force=True)
                     elif not reason.normal and other_pid != INIT:
                         # In a shutdown every process ends with the shutdown's reason (OTP:
                         # the exit signal carries `shutdown`), whichever of a pair goes first.
@@ -500,7 +464,7 @@ class Kernel:
                 for watcher_pid in p.monitors:
                     watcher = self.procs.get(watcher_pid)
                     if watcher is not None:
-                        self._deliver(watcher, Message(pid, Down(pid, reason)), force=True)
+                        self.deliver(watcher, Message(pid, Down(pid, reason)), force=True)
                 p.monitors = None
             waiters = self._exit_waiters.pop(pid, None)
             if waiters:
@@ -532,7 +496,7 @@ class Kernel:
 
     # -- messages ---------------------------------------------------------------
 
-    def _deliver(self, p: Process, msg: Message, *, force: bool = False) -> None:
+    def deliver(self, p: Process, msg: Message, *, force: bool = False) -> None:
         waiter = p.waiter
         if waiter is not None and waiter.done():
             # The wait was cancelled (a timeout or a cancel at this very instant) and the
@@ -566,7 +530,7 @@ class Kernel:
         if self.mailbox_full(p):
             self.events.emit("fault", pid, {"error": "mailbox full: external message dropped"})
             return False
-        self._deliver(p, Message(sender, body))
+        self.deliver(p, Message(sender, body))
         return True
 
     # -- signals ------------------------------------------------------------------
@@ -582,7 +546,7 @@ class Kernel:
         elif sig == "term":
             self.events.emit("signal", pid, {"signal": sig, "by": by})
             if p.trap & TRAP_TERM:
-                self._deliver(p, Message(by, Term(by)), force=True)
+                self.deliver(p, Message(by, Term(by)), force=True)
             else:
                 self._exit(p, SHUTDOWN)
         elif sig == "stop":
@@ -763,7 +727,7 @@ class Kernel:
             if args is not None
             else tuple((info.meta or {}).get("args", ()) if info is not None else ())
         )
-        parent_p = self._proc(parent)
+        parent_p = self.proc(parent)
         pid_cursor = Cursor(0, Source(streams, strict), origin)
         child = self.spawn(parent_p, image, run_args, caps=caps, cursor=pid_cursor)
         pid_cursor.stream = child.pid
@@ -776,216 +740,42 @@ class Kernel:
         await store.aflush()
         return await store.read(lambda _c: store.process(pid))
 
+    # -- snapshots and introspection ------------------------------------------------
+
     def snapshot(self, pid: int) -> dict[str, Any]:
-        """The durable state of a live process, as JSON. Capabilities are not captured."""
-        p = self._proc(pid)
-        if pid == INIT:
-            raise KernelError("init cannot be snapshotted")
-        now = self._now()
-        b = p.account.budget
-        usage = p.account.usage()
-        remaining = Budget(
-            tokens=None if b is None or b.tokens is None else max(0, b.tokens - p.account.tokens),
-            usd=None if b is None or b.usd is None else max(0.0, b.usd - p.account.usd),
-            tool_calls=None
-            if b is None or b.tool_calls is None
-            else max(0, b.tool_calls - p.account.tool_calls),
-            children=None if b is None else b.children,
-            wall_s=None
-            if p.account.wall_deadline is None
-            else max(0.0, p.account.wall_deadline - now),
-            mem=None if b is None else b.mem,
-            mailbox=None if b is None else b.mailbox,
-        )
-        snap = {
-            "abi": ABI_VERSION,
-            "pid": pid,
-            "image": p.image,
-            "name": p.name,
-            "args": list(p.args),
-            "priority": p.priority,
-            "deadline_in": None if p.deadline is None else max(0.0, p.deadline - now),
-            "stopped": p.stopped is not None,
-            "trap": p.trap,
-            "budget": remaining.to_json(),
-            "usage": usage,
-            "mailbox": [{"sender": m.sender, "body": m.body} for m in (p.queue or ())],
-            "context": p.context.dump() if p.context is not None else [],
-            "journal": None
-            if p.journal is None
-            else {"stream": p.journal.stream, "op": p.journal.op},
-        }
-        try:
-            json.dumps(snap)
-        except (TypeError, ValueError) as e:
-            raise KernelError(
-                f"pid {pid} cannot be snapshotted: its args, mailbox or memory hold a value "
-                f"that is not JSON ({e})"
-            ) from None
-        return snap
+        """The durable state of a live process, as JSON (see `yool.kernel.snapshots`)."""
+        return snapshots.snapshot(self, pid)
 
     async def restore(
         self, snap: dict[str, Any], *, parent: int = INIT, caps: Iterable[str] = ()
     ) -> Child:
         """Start a new process from a snapshot; `caps` are re-granted by the restorer."""
-        abi = snap.get("abi") if isinstance(snap, dict) else None
-        if abi != ABI_VERSION:
-            raise KernelError(f"snapshot ABI v{abi} does not match this kernel's v{ABI_VERSION}")
-        budget = Budget.from_json(snap.get("budget") or {})
-        context = None
-        if snap.get("context"):
-            context = await Context.load(snap["context"], budget.mem, self.summarizer)
-        p_parent = self._proc(parent)
-        child = self.spawn(
-            p_parent,
-            snap["image"],
-            tuple(snap.get("args") or ()),
-            name=snap.get("name"),
-            budget=budget,
-            caps=caps,
-            priority=int(snap.get("priority") or 0),
-            deadline=snap.get("deadline_in"),
-            restored=snap,
-        )
-        p = self.procs[child.pid]
-        p.context = context
-        p.trap = int(snap.get("trap") or 0)
-        for m in snap.get("mailbox") or ():
-            self._deliver(p, Message(int(m.get("sender", 0)), m.get("body")))
-        if snap.get("stopped"):
-            self.signal(child.pid, "stop")
-        self.events.emit("restore", child.pid, {"from": snap.get("pid")})
-        return child
-
-    # -- introspection --------------------------------------------------------------
-
-    def _proc(self, pid: int) -> Process:
-        p = self.procs.get(pid)
-        if p is None:
-            raise KernelError(f"no live process {pid}")
-        return p
-
-    def info(self, p: Process) -> ProcInfo:
-        now = self._now()
-        return ProcInfo(
-            pid=p.pid,
-            parent=p.parent,
-            name=p.name,
-            image=p.image,
-            state=p.state,
-            mailbox=p.pending(),
-            priority=p.priority,
-            deadline_in=None if p.deadline is None else max(0.0, p.deadline - now),
-            usage=p.account.usage(),
-            remaining=p.account.remaining(now),
-            uptime_s=now - p.started,
-            memory=None if p.context is None else dataclasses.asdict(p.context.stats()),
-        )
+        return await snapshots.restore(self, snap, parent=parent, caps=caps)
 
     def ps(self) -> list[ProcInfo]:
-        return [self.info(p) for p in self.procs.values()]
+        return introspect.ps(self)
+
+    def info(self, p: Process) -> ProcInfo:
+        return introspect.info(self, p)
 
     def inspect(self, pid: int) -> dict[str, Any]:
-        p = self._proc(pid)
-        out = self.info(p).to_json()
-        out["links"] = sorted(p.links or ())
-        out["monitors"] = sorted(p.monitors or ())
-        out["children"] = sorted(p.kids or ())
-        out["names"] = sorted(n for n, owner in self.names.items() if owner == pid)
-        out["caps"] = [
-            {
-                "kind": c.kind,
-                "target": c.target,
-                "rights": sorted(c.rights),
-                "expires_in": None if c.expires is None else c.expires - self._now(),
-            }
-            for c in self.caps.held_by(pid)
-        ]
-        out["mailbox_preview"] = [_preview(m.body) for m in list(p.queue or ())[:5]]
-        out["working_set"] = [
-            {"id": s.id, "tokens": s.tokens, "pinned": s.pinned, "preview": _preview(s.body)}
-            for s in (p.context.working_set() if p.context is not None else ())
-        ]
-        out["journal"] = (
-            None if p.journal is None else {"stream": p.journal.stream, "ops": p.journal.op}
-        )
-        return out
+        return introspect.inspect(self, pid)
 
     def trace(self, n: int = 50, pid: int | None = None) -> list[Event]:
         return self.events.tail(n, pid)
 
     def metrics(self) -> dict[str, Any]:
-        c = self.counters
-        return {
-            "processes": len(self.procs),
-            "spawned_total": c.spawned,
-            "exits_total": dict(c.exits),
-            "messages_sent_total": c.sent,
-            "messages_received_total": c.received,
-            "messages_dropped_total": c.dropped,
-            "charged_total": dict(c.charged),
-            "journal_entries_total": self.journal.appended,
-            "journal_replayed_total": c.replayed,
-            "capabilities": len(self.caps),
-            "events_total": self.events.seq,
-            "lanes": {
-                s.name: {"concurrency": s.concurrency, "in_use": s.in_use, "waiting": s.waiting}
-                for s in self.lanes.stats()
-            },
-        }
+        return introspect.metrics(self)
 
     def prometheus(self) -> str:
         """The metrics in Prometheus text exposition format."""
-        m = self.metrics()
-        out: list[str] = []
+        return introspect.prometheus(self)
 
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
-            out.append(f"# HELP yool_{name} {help_}")
-            out.append(f"# TYPE yool_{name} {kind}")
-            out.extend(f"yool_{name}{labels} {value:g}" for labels, value in samples)
-
-        metric("processes", "gauge", "Live processes.", [("", m["processes"])])
-        metric("spawned_total", "counter", "Processes spawned.", [("", m["spawned_total"])])
-        metric(
-            "exits_total",
-            "counter",
-            "Process exits by reason.",
-            [(f'{{reason="{_label(k)}"}}', v) for k, v in sorted(m["exits_total"].items())],
-        )
-        metric("messages_sent_total", "counter", "Messages sent.", [("", m["messages_sent_total"])])
-        metric(
-            "messages_dropped_total",
-            "counter",
-            "Messages sent to dead processes.",
-            [("", m["messages_dropped_total"])],
-        )
-        metric(
-            "charged_total",
-            "counter",
-            "Resources charged to accounts.",
-            [(f'{{meter="{_label(k)}"}}', v) for k, v in sorted(m["charged_total"].items())],
-        )
-        metric(
-            "journal_entries_total",
-            "counter",
-            "Journal entries appended.",
-            [("", m["journal_entries_total"])],
-        )
-        metric("capabilities", "gauge", "Live capabilities.", [("", m["capabilities"])])
-        metric("events_total", "counter", "Kernel events emitted.", [("", m["events_total"])])
-        metric(
-            "lane_in_use",
-            "gauge",
-            "Driver slots in use per lane.",
-            [(f'{{lane="{_label(k)}"}}', v["in_use"]) for k, v in sorted(m["lanes"].items())],
-        )
-        metric(
-            "lane_waiting",
-            "gauge",
-            "Callers waiting for a slot per lane.",
-            [(f'{{lane="{_label(k)}"}}', v["waiting"]) for k, v in sorted(m["lanes"].items())],
-        )
-        return "\n".join(out) + "\n"
+    def proc(self, pid: int) -> Process:
+        p = self.procs.get(pid)
+        if p is None:
+            raise KernelError(f"no live process {pid}")
+        return p
 
     # -- persistence and shutdown ---------------------------------------------------
 
@@ -1048,13 +838,3 @@ async def _close_all(handles: list[Any]) -> None:
 
 def _short_traceback(e: BaseException, limit: int = 6) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-limit))[-4000:]
-
-
-def _label(value: str) -> str:
-    """A Prometheus label value: backslash, double quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _preview(body: Any, width: int = 120) -> str:
-    text = body if isinstance(body, str) else repr(body)
-    return text if len(text) <= width else text[: width - 3] + "..."

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 Image = Callable[..., Coroutine[Any, Any, Any]]
 
+INIT = 1  # the host's own process; orphans are reparented to it
+
 # States a process is in, as `ps` shows them.
 RUNNING = "running"
 WAITING = "waiting"  # blocked in recv

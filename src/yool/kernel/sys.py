@@ -158,7 +158,7 @@ class Sys:
             k.caps.require_held(p.pid, c)  # all still held after waiting: move all or none
         for c in caps:
             k.caps.transfer(p.pid, c, target.pid)
-        k._deliver(target, Message(p.pid, body, caps))
+        k.deliver(target, Message(p.pid, body, caps))
         k.counters.sent += 1
         return True
 
@@ -178,7 +178,7 @@ class Sys:
             raise KernelError(f"mailbox of pid {target.pid} is full")
         for c in caps:
             k.caps.transfer(p.pid, c, target.pid)
-        k._deliver(target, Message(p.pid, body, caps))
+        k.deliver(target, Message(p.pid, body, caps))
         k.counters.sent += 1
         return True
 
@@ -275,7 +275,7 @@ class Sys:
         target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             reason = target.reason if target is not None else k._reaped.get(target_pid)
-            k._deliver(p, Message(target_pid, Down(target_pid, reason or NOPROC)), force=True)
+            k.deliver(p, Message(target_pid, Down(target_pid, reason or NOPROC)), force=True)
             return
         if target.monitors is None:
             target.monitors = {p.pid}
@@ -299,7 +299,7 @@ class Sys:
             reason = target.reason if target is not None else k._reaped.get(target_pid)
             reason = reason or NOPROC
             if p.trap & TRAP_EXIT:
-                k._deliver(p, Message(target_pid, Exit(target_pid, reason)), force=True)
+                k.deliver(p, Message(target_pid, Exit(target_pid, reason)), force=True)
             elif not reason.normal:
                 k.kill(p.pid, killed(target_pid))
                 self._me()
