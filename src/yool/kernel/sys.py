@@ -126,14 +126,10 @@ class Sys:
         Returns False if the receiver had already died (the message is dropped,
         as in Erlang). Capabilities in `caps` move to the receiver.
         """
-        p = self._me()
+        p, target_pid, caps = self._address(ref, caps)
         if p.stopped is not None:
             await self.checkpoint()
         k = self._k
-        target_pid = k.caps.require(p.pid, ref, "send", "process").target
-        caps = tuple(dict.fromkeys(caps))  # the same cap twice moves once
-        for c in caps:
-            k.caps.require_held(p.pid, c)
         target = k.procs.get(target_pid)
         while target is not None and target.reason is None and k.mailbox_full(target):
             fut: asyncio.Future[None] = k.loop.create_future()
@@ -151,31 +147,36 @@ class Sys:
                 if not fut.done():
                     fut.cancel()
             target = k.procs.get(target_pid)
-        if target is None or target.reason is not None:
-            k.counters.dropped += 1
-            return False
-        for c in caps:
-            k.caps.require_held(p.pid, c)  # all still held after waiting: move all or none
-        for c in caps:
-            k.caps.transfer(p.pid, c, target.pid)
-        k.deliver(target, Message(p.pid, body, caps))
-        k.counters.sent += 1
-        return True
+        return self._hand_over(p, target, body, caps)
 
     def send_nowait(self, ref: str, body: Any, caps: tuple[str, ...] = ()) -> bool:
         """Like `send`, but raise `KernelError` instead of waiting for room."""
+        p, target_pid, caps = self._address(ref, caps)
+        target = self._k.procs.get(target_pid)
+        if target is not None and target.reason is None and self._k.mailbox_full(target):
+            raise KernelError(f"mailbox of pid {target.pid} is full")
+        return self._hand_over(p, target, body, caps)
+
+    def _address(self, ref: str, caps: tuple[str, ...]) -> tuple[Process, int, tuple[str, ...]]:
+        """Check the send right and that every capability to hand over is held."""
         p = self._me()
         k = self._k
-        target_pid = k.caps.require(p.pid, ref, "send", "process").target
-        caps = tuple(dict.fromkeys(caps))  # the same cap twice moves once
-        for c in caps:
-            k.caps.require_held(p.pid, c)
-        target = k.procs.get(target_pid)
+        target_pid: int = k.caps.require(p.pid, ref, "send", "process").target
+        if caps:
+            caps = tuple(dict.fromkeys(caps))  # the same cap twice moves once
+            for c in caps:
+                k.caps.require_held(p.pid, c)
+        return p, target_pid, caps
+
+    def _hand_over(
+        self, p: Process, target: Process | None, body: Any, caps: tuple[str, ...]
+    ) -> bool:
+        k = self._k
         if target is None or target.reason is not None:
             k.counters.dropped += 1
             return False
-        if k.mailbox_full(target):
-            raise KernelError(f"mailbox of pid {target.pid} is full")
+        for c in caps:
+            k.caps.require_held(p.pid, c)  # all still held (send may have waited): all or none
         for c in caps:
             k.caps.transfer(p.pid, c, target.pid)
         k.deliver(target, Message(p.pid, body, caps))
