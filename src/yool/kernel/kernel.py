@@ -20,6 +20,7 @@ import traceback
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 from yool.kernel import introspect, snapshots
@@ -276,7 +277,7 @@ class Kernel:
         if self._closing:
             raise KernelError("the kernel is shutting down")
         image_name, fn = self._resolve(image)
-        handed = tuple(dict.fromkeys(caps))  # the same cap twice moves once
+        handed = tuple(dict.fromkeys(caps)) if caps else ()  # the same cap twice moves once
         for ref in handed:
             self.caps.require_held(parent.pid, ref)
         if deadline is not None and not deadline >= 0:
@@ -318,14 +319,15 @@ class Kernel:
             p.monitors = {parent.pid}
         if deadline is not None:
             p.deadline = now + deadline
-        self._arm_timer(p)
+        if p.deadline is not None or account.wall_deadline is not None:
+            self._arm_timer(p)
         p.journal = cursor
         sys = p.sys = Sys(self, p, restored)
         try:
             coro: Any = fn(sys, *args)  # Any: an image may break its own type
         except Exception as e:  # e.g. wrong arity: the child faults, no half-spawned entry
             coro = _fail(e)
-        if not asyncio.iscoroutine(coro):
+        if type(coro) is not CoroutineType and not asyncio.iscoroutine(coro):
             coro = _fail(KernelError(f"image {image_name!r} is not an async function"))
         task = p.task = self.loop.create_task(coro)
         task.add_done_callback(sys._ended, context=self._callback_context)

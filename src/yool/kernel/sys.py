@@ -131,7 +131,12 @@ class Sys:
             await self.checkpoint()
         k = self._k
         target = k.procs.get(target_pid)
-        while target is not None and target.reason is None and k.mailbox_full(target):
+        while (
+            target is not None
+            and target.queue is not None  # no queue: the receiver is waiting or idle, never full
+            and target.reason is None
+            and k.mailbox_full(target)
+        ):
             fut: asyncio.Future[None] = k.loop.create_future()
             if target.senders is None:
                 target.senders = deque()
