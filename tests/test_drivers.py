@@ -616,3 +616,33 @@ def test_a_higher_priority_process_gets_the_lane_before_lower_ones_queued_earlie
             assert narrow.order == ["first", "high", "low0", "low1"]
 
     virtual(main())
+
+
+def test_a_tools_caveat_narrows_every_handle_opened_through_the_derived_capability(
+    virtual: Any,
+) -> None:
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    def rm(path: str) -> None:
+        return None
+
+    async def child(sys: Sys) -> tuple[Any, Any]:
+        dev = sys.cap("device")
+        assert dev is not None
+        h = await sys.open(dev)  # asks for everything: gets only what the caveat allows
+        ok = await sys.read(h, {"tool": "add", "args": {"a": 1, "b": 2}})
+        with pytest.raises(DriverError, match="no tool 'rm'"):
+            await sys.read(h, {"tool": "rm", "args": {"path": "/"}})
+        with pytest.raises(DriverError, match="does not allow tool"):
+            await sys.open(dev, tools=["rm"])
+        return ok, None
+
+    async def main() -> None:
+        async with Kernel() as k:
+            dev = k.register_driver(ToolsDriver({"add": add, "rm": rm}))
+            narrow = k.init.derive(dev, caveat={"tools": ["add"]})
+            kid = k.init.spawn(child, caps=(narrow,))
+            assert await k.init.wait(kid.ref) == NORMAL
+
+    virtual(main())

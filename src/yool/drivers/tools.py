@@ -38,16 +38,30 @@ class ToolsDriver(Driver):
         return sorted(self._tools)
 
     async def open(self, pid: int, params: dict[str, Any]) -> Handle:
+        """A handle on the tools asked for (`tools=[...]`, default all), within every caveat.
+
+        A capability derived with the caveat `{"tools": [...]}` can only ever open
+        those tools, however its holder asks.
+        """
         allowed: Iterable[str] | None = params.get("tools")
-        if allowed is None:
-            return _ToolsHandle(self._tools)
-        unknown = sorted(set(allowed) - self._tools.keys())
+        wanted = set(self._tools) if allowed is None else set(allowed)
+        unknown = sorted(wanted - self._tools.keys())
         if unknown:
             raise DriverError(
                 f"{self.name}: unknown tool(s) {', '.join(unknown)} "
                 f"(offered: {', '.join(self.names()) or 'none'})"
             )
-        return _ToolsHandle({t: self._tools[t] for t in allowed})
+        for caveat in params.get("caveats") or ():
+            limit = caveat.get("tools")
+            if limit is None:
+                continue
+            refused = sorted(wanted - set(limit))
+            if refused and allowed is not None:
+                raise DriverError(
+                    f"{self.name}: this capability does not allow tool(s) {', '.join(refused)}"
+                )
+            wanted &= set(limit)
+        return _ToolsHandle({t: self._tools[t] for t in sorted(wanted)})
 
 
 class _ToolsHandle(Handle):

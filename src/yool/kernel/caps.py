@@ -11,8 +11,9 @@ with it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from yool.kernel.errors import CapError
@@ -29,7 +30,17 @@ def rights_of(names: Iterable[str]) -> frozenset[str]:
 class Cap:
     """One capability. Lives in the table until revoked; never handed to userland."""
 
-    __slots__ = ("derived", "expires", "kind", "owner", "parent", "ref", "rights", "target")
+    __slots__ = (
+        "caveats",
+        "derived",
+        "expires",
+        "kind",
+        "owner",
+        "parent",
+        "ref",
+        "rights",
+        "target",
+    )
 
     def __init__(
         self,
@@ -40,6 +51,7 @@ class Cap:
         rights: frozenset[str],
         expires: float | None,
         parent: str | None,
+        caveats: tuple[Mapping[str, Any], ...] = (),
     ) -> None:
         self.ref = ref
         self.owner = owner
@@ -48,6 +60,9 @@ class Cap:
         self.rights = rights
         self.expires = expires
         self.parent = parent
+        # Device-specific restrictions (e.g. a files root), accumulated by derive and never
+        # stripped; the kernel hands them to the driver on open, which must enforce them all.
+        self.caveats = caveats
         self.derived: set[str] | None = None
 
 
@@ -60,6 +75,7 @@ class CapInfo:
     target: Any
     rights: frozenset[str]
     expires: float | None
+    caveats: tuple[Mapping[str, Any], ...] = ()
 
 
 def new_ref() -> str:
@@ -91,9 +107,10 @@ class CapTable:
         *,
         expires: float | None = None,
         parent: str | None = None,
+        caveats: tuple[Mapping[str, Any], ...] = (),
     ) -> str:
         ref = new_ref()
-        self._caps[ref] = Cap(ref, owner, kind, target, rights_of(rights), expires, parent)
+        self._caps[ref] = Cap(ref, owner, kind, target, rights_of(rights), expires, parent, caveats)
         self._own(owner, kind, ref)
         return ref
 
@@ -140,7 +157,7 @@ class CapTable:
             for ref in refs:
                 cap = self._caps[ref]
                 if cap.expires is None or now < cap.expires:
-                    yield CapInfo(ref, cap.kind, cap.target, cap.rights, cap.expires)
+                    yield CapInfo(ref, cap.kind, cap.target, cap.rights, cap.expires, cap.caveats)
 
     # -- what a holder may do --------------------------------------------
 
@@ -152,6 +169,7 @@ class CapTable:
         *,
         expires: float | None = None,
         owner: int | None = None,
+        caveat: Mapping[str, Any] | None = None,
     ) -> str:
         """A weaker copy of `ref`: a subset of its rights, its caveats plus the new ones."""
         parent = self.require_held(holder, ref)
@@ -171,6 +189,7 @@ class CapTable:
             want,
             expires=expires,
             parent=ref,
+            caveats=parent.caveats + ((MappingProxyType(dict(caveat)),) if caveat else ()),
         )
         if parent.derived is None:
             parent.derived = set()

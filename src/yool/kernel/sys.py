@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -395,14 +395,24 @@ class Sys:
     # -- capabilities ------------------------------------------------------------
 
     def derive(
-        self, ref: str, rights: Iterable[str] | None = None, *, expires_in: float | None = None
+        self,
+        ref: str,
+        rights: Iterable[str] | None = None,
+        *,
+        expires_in: float | None = None,
+        caveat: Mapping[str, Any] | None = None,
     ) -> str:
-        """A weaker copy of a capability you hold: fewer rights, and/or an expiry."""
+        """A weaker copy of a capability you hold: fewer rights, an expiry, and/or a caveat.
+
+        A caveat is a device-specific restriction (e.g. `{"root": "docs", "mode": "r"}` for
+        the files device); it is added to the parent's, never replaces them, and the driver
+        receives them all as `params["caveats"]` when the capability is opened.
+        """
         p = self._me()
         if expires_in is not None and not expires_in >= 0:
             raise KernelError(f"expires_in must be >= 0 seconds, got {expires_in!r}")
         expires = None if expires_in is None else self.now() + expires_in
-        return self._k.caps.derive(p.pid, ref, rights, expires=expires)
+        return self._k.caps.derive(p.pid, ref, rights, expires=expires, caveat=caveat)
 
     def revoke(self, ref: str) -> int:
         """Revoke a capability you hold and everything derived from it."""
@@ -432,6 +442,9 @@ class Sys:
         if driver is None:
             raise KernelError(f"no driver {cap.target!r} is installed")
         await self.checkpoint()
+        params.pop("caveats", None)  # only the kernel says what the capability allows
+        if cap.caveats:
+            params["caveats"] = cap.caveats
         handle = await driver.open(p.pid, params)
         self._me()
         rights = cap.rights & {"read", "write"}

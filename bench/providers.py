@@ -1,0 +1,205 @@
+"""Provider benchmarks against the fake provider: client CPU per call, bursts, server rate.
+
+Prints one JSON line per figure. The fake runs in a child process so that its
+CPU does not count against the client and the client's loop is not shared.
+
+    python bench/providers.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import openai
+
+from yool.drivers.llm.anthropic import AnthropicProvider, to_messages
+from yool.drivers.llm.openai import OpenAIProvider, chat_messages
+from yool.drivers.llm.types import LLMRequest, Msg, ToolCall, ToolSpec
+
+KEY = "sk-bench"
+TOOLS = tuple(
+    ToolSpec(
+        name,
+        f"The {name} tool.",
+        {"type": "object", "properties": {"path": {"type": "string"}, "n": {"type": "integer"}}},
+    )
+    for name in ("read", "write", "search")
+)
+
+
+def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
+    print(json.dumps({"figure": figure, "value": round(value, 3), "unit": unit, **extra}))
+
+
+def history(n: int) -> tuple[Msg, ...]:
+    """n messages: a user turn, then assistant tool calls and tool results in turn."""
+    out = [Msg("user", "Refactor the parser module and keep the tests green. " * 3)]
+    i = 0
+    while len(out) < n:
+        call = ToolCall(f"call_{i}", "read", {"path": f"src/mod_{i}.py", "n": i})
+        out.append(Msg("assistant", f"Reading module {i} to see what it does.", (call,)))
+        if len(out) < n:
+            out.append(Msg("tool", "def f(x):\n    return x * 2\n" * 8, tool_call_id=call.id))
+        i += 1
+    return tuple(out[:n])
+
+
+class ChildFake:
+    """The fake provider in a child process, with its CPU time readable from /proc."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "yool.testing"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+
+    def cpu(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+
+async def cpu_per_call(call: Callable[[], Awaitable[Any]], n: int, rounds: int = 5) -> float:
+    """Client CPU ms per call: the best of `rounds` (other load on the machine only adds)."""
+    for _ in range(20):
+        await call()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(n):
+            await call()
+        best = min(best, (time.process_time() - start) / n * 1000)
+    return best
+
+
+async def client_cpu(fake: ChildFake, calls: int) -> None:
+    for size in (1, 50):
+        req = LLMRequest(history(size), system="You are a careful engineer.", tools=TOOLS)
+        oai = OpenAIProvider(api_key=KEY, base_url=fake.url + "/v1")
+        ant = AnthropicProvider(api_key=KEY, base_url=fake.url)
+        sdk_messages = chat_messages(req.system, req.messages)
+        sdk_tools = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.schema},
+            }
+            for t in TOOLS
+        ]
+        ant_messages = to_messages(req.messages)
+        ant_tools = [
+            {"name": t.name, "description": t.description, "input_schema": t.schema} for t in TOOLS
+        ]
+
+        openai_sdk = partial(
+            oai.client.chat.completions.create,
+            model="m",
+            messages=sdk_messages,
+            tools=sdk_tools,
+            max_tokens=1024,
+        )
+        anthropic_sdk = partial(
+            ant.client.messages.create,
+            model="m",
+            max_tokens=1024,
+            system=req.system,
+            messages=ant_messages,
+            tools=ant_tools,
+        )
+        openai_yool = partial(oai.complete, req)
+        anthropic_yool = partial(ant.complete, req)
+
+        for name, fn in (
+            ("openai_sdk_create", openai_sdk),
+            ("openai_yool_provider", openai_yool),
+            ("anthropic_sdk_create", anthropic_sdk),
+            ("anthropic_yool_provider", anthropic_yool),
+        ):
+            emit(f"client_cpu_per_call.{name}", await cpu_per_call(fn, calls), "ms", messages=size)
+        await oai.aclose()
+        await ant.aclose()
+
+
+async def burst(fake: ChildFake, n: int) -> None:
+    for transport in ("httpx", "aiohttp"):
+        provider = OpenAIProvider(
+            api_key=KEY,
+            base_url=fake.url + "/v1",
+            transport=transport,  # type: ignore[arg-type]
+            max_connections=1000,
+        )
+        req = LLMRequest(history(5), tools=TOOLS)
+        await provider.complete(req)
+        start = time.perf_counter()
+        results = await asyncio.gather(
+            *(provider.complete(req) for _ in range(n)), return_exceptions=True
+        )
+        elapsed = time.perf_counter() - start
+        failed = sum(isinstance(r, BaseException) for r in results)
+        emit(f"burst_{n}.openai.{transport}", elapsed, "s", failed=failed)
+        await provider.aclose()
+
+
+async def server_rate(fake: ChildFake, total: int, concurrency: int) -> None:
+    client = openai.AsyncOpenAI(
+        api_key=KEY,
+        base_url=fake.url + "/v1",
+        max_retries=0,
+        http_client=openai.DefaultAioHttpClient(),
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    queue = iter(range(total))
+
+    async def worker() -> None:
+        for _ in queue:
+            await client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+
+    await client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    cpu0, start = fake.cpu(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - start, fake.cpu() - cpu0
+    emit(
+        "fake_server.requests_per_s",
+        total / elapsed,
+        "req/s",
+        concurrency=concurrency,
+        client="openai sdk, aiohttp",
+    )
+    emit(
+        "fake_server.cpu_per_request",
+        cpu / total * 1e6,
+        "us",
+        capacity_req_per_s=round(total / cpu) if cpu else None,
+    )
+    await client.close()
+
+
+async def main(quick: bool) -> None:
+    fake = ChildFake()
+    try:
+        await client_cpu(fake, 100 if quick else 300)
+        await burst(fake, 1000)
+        await server_rate(fake, 2000 if quick else 10000, 100)
+    finally:
+        fake.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    asyncio.run(main(parser.parse_args().quick))

@@ -1,0 +1,12 @@
+"""Test and benchmark helpers: real servers on loopback that stand in for the outside world."""
+
+from yool.testing.fake_provider import (
+    FakeProvider,
+    Fault,
+    Recorded,
+    Script,
+    ThreadedFakeProvider,
+    Turn,
+)
+
+__all__ = ["FakeProvider", "Fault", "Recorded", "Script", "ThreadedFakeProvider", "Turn"]
