@@ -259,6 +259,35 @@ def test_retry_after_is_honoured_inside_the_driver(virtual: Any) -> None:
     virtual(main())
 
 
+def test_a_retry_backoff_does_not_hold_a_lane_slot(virtual: Any) -> None:
+    async def main() -> None:
+        async with Kernel(lane_concurrency=1, lane_ceiling=1) as k:
+            policy = RuntimePolicy(lane_concurrency=1, max_lane_concurrency=1)
+            provider = Flaky(failures=1, retry_after=4.0)
+            driver = LLMDriver(provider, policy, lanes=k.lanes, prices=PRICES)
+            dev = k.register_driver(driver)
+            lane = k.lanes.get(driver.lane)
+            done: dict[str, float] = {}
+
+            async def reader(sys: Sys, tag: str, start: float) -> None:
+                await asyncio.sleep(start)
+                h = await sys.open(sys.cap("device") or "")
+                await sys.read(h, ask(tag))
+                done[tag] = k.loop.time()
+
+            t0 = k.loop.time()
+            a = k.init.spawn(reader, "a", 0.0, caps=[k.init.derive(dev)])
+            b = k.init.spawn(reader, "b", 1.0, caps=[k.init.derive(dev)])
+            assert await asyncio.wait_for(k.wait(b.pid), TIMEOUT) == NORMAL
+            # b was sent while a slept out its Retry-After: the one slot was free.
+            assert done["b"] - t0 < 2.0 and "a" not in done
+            assert await asyncio.wait_for(k.wait(a.pid), TIMEOUT) == NORMAL
+            assert done["a"] - t0 >= 4.0
+            assert len(provider.attempts) == 3 and lane.in_use == 0
+
+    virtual(main())
+
+
 def test_an_open_circuit_fails_fast_with_a_clear_driver_error(virtual: Any) -> None:
     async def main() -> None:
         policy = RuntimePolicy(
@@ -288,7 +317,8 @@ def test_the_driver_sizes_its_providers_lane_and_exposes_the_limit(virtual: Any)
             assert driver.adaptive.ceiling == 16  # the kernel's ceiling binds
             dev = k.register_driver(driver)
             await run_llm(k, dev, [ask(f"q{i}") for i in range(4)])
-            assert driver.concurrency == 5 == k.lanes.get("llm:scripted").concurrency
+            # slow start: each healthy call grows the limit by one until the first decrease
+            assert driver.concurrency == 8 == k.lanes.get("llm:scripted").concurrency
 
     virtual(main())
 

@@ -447,6 +447,29 @@ def test_adaptive_concurrency_grows_under_success_and_halves_on_rate_limits(
     virtual(main())
 
 
+def test_slow_start_grows_per_call_until_a_rate_limit_which_cuts_gently(virtual: Any) -> None:
+    async def main() -> None:
+        aimd = AdaptiveConcurrency(
+            None, initial=4, ceiling=64, rate_limit_decrease=0.9, slow_start=True
+        )
+        for _ in range(36):
+            aimd.record(0.2, ok=True)
+        assert aimd.limit == 40  # one per healthy call
+        aimd.record(0.2, ok=False, status=429)
+        assert aimd.limit == 36 and not aimd.slow_start  # a rate limit: x0.9
+        for _ in range(36):
+            aimd.record(0.2, ok=True)
+        assert aimd.limit == 36  # additive from now on: +1 per window of healthy calls
+        for _ in range(36):
+            aimd.record(0.2, ok=True)
+        assert aimd.limit == 37
+        await asyncio.sleep(1)
+        aimd.record(0.2, ok=False, status=503)
+        assert aimd.limit == 18  # a failure still halves
+
+    virtual(main())
+
+
 def test_adaptive_concurrency_shrinks_on_a_latency_blowup(virtual: Any) -> None:
     async def main() -> None:
         aimd = AdaptiveConcurrency(None, initial=8, ceiling=16)

@@ -39,10 +39,17 @@ class Handle:
 
 
 class Driver(ABC):
-    """A device the kernel can hand out. `lane` names the slots its calls need."""
+    """A device the kernel can hand out. `lane` names the slots its calls need.
+
+    By default the kernel holds a slot of `lane` for the whole of each operation. A driver
+    that sets `admits_itself` takes the slots itself (per attempt, say, so that a retry's
+    backoff holds none): the kernel then only sets `yool.kernel.lanes.ADMISSION` (the lane,
+    the process's priority and deadline) for the duration of the operation.
+    """
 
     name: str = "device"
     lane: str | None = None
+    admits_itself: bool = False
 
     @abstractmethod
     async def open(self, pid: int, params: dict[str, Any]) -> Handle:

@@ -32,7 +32,7 @@ from yool.kernel.errors import DriverError, KernelError, ProcessExit, QuotaExcee
 from yool.kernel.events import Event, EventLog
 from yool.kernel.introspect import ProcInfo
 from yool.kernel.journal import Cursor, Entry, Journal, Source, digest
-from yool.kernel.lanes import Lanes
+from yool.kernel.lanes import ADMISSION, Admission, Lanes
 from yool.kernel.messages import Child, Down, Exit, Message, Term
 from yool.kernel.process import INIT, TRAP_EXIT, TRAP_TERM, Image, Process
 from yool.kernel.reasons import (
@@ -691,10 +691,17 @@ class Kernel:
         self, p: Process, handle: Handle, driver: Driver, op: str, payload: Any
     ) -> Reply:
         call = handle.read if op == "read" else handle.write
-        if driver.lane is None:
+        lane = driver.lane
+        if lane is None:
             reply = await call(payload)
+        elif driver.admits_itself:
+            token = ADMISSION.set(Admission(self.lanes.get(lane), p.priority, p.deadline))
+            try:
+                reply = await call(payload)
+            finally:
+                ADMISSION.reset(token)
         else:
-            async with self.lanes.get(driver.lane).slot(p.priority, p.deadline):
+            async with self.lanes.get(lane).slot(p.priority, p.deadline):
                 reply = await call(payload)
         if not isinstance(reply, Reply):
             raise DriverError(f"driver {driver.name!r} returned {type(reply).__name__}, not Reply")

@@ -37,6 +37,7 @@ cancelled before it resumed passes the slot on, so no slot leaks.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import itertools
 import math
@@ -46,7 +47,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 
-__all__ = ["Lane", "LaneStats", "Lanes"]
+__all__ = ["ADMISSION", "Admission", "Lane", "LaneStats", "Lanes"]
 
 # Waiter states.
 _WAITING = 0
@@ -67,6 +68,28 @@ class LaneStats:
     waiting: int
     admitted_total: int
     max_wait_s: float  # longest wait of any admitted waiter so far
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The lane a self-admitting driver's call must queue for, with the caller's order keys.
+
+    The kernel sets `ADMISSION` around each operation of a driver that `admits_itself`; the
+    driver takes `lane.slot(priority, deadline)` around each attempt it sends, so what it does
+    between attempts (a retry backoff, waiting on a coalesced call) holds no slot.
+    """
+
+    lane: Lane
+    priority: int
+    deadline: float | None
+
+    def slot(self) -> AbstractAsyncContextManager[None]:
+        return _Slot(self.lane, self.priority, self.deadline)
+
+
+ADMISSION: contextvars.ContextVar[Admission | None] = contextvars.ContextVar(
+    "yool_admission", default=None
+)
 
 
 class _Waiter:

@@ -1,10 +1,12 @@
 """LLMs as a kernel device: one provider behind the kernel's lanes, budgets and journal.
 
 `LLMDriver(provider)` is registered with the kernel like any driver; a process opens it with
-its device capability (`model=` sets that handle's default model) and reads one completion
+its device capability (`model=` sets that handle's default model; else the policy's `model`,
+else the provider's default: `factory.resolve_model`) and reads one completion
 per `read(request_json)`, where `request_json` is `LLMRequest.to_json()` and the value read
-back is `LLMResponse.to_json()`. The call runs under the lane `llm:<provider>`, so admission
-to the provider follows the kernel's order (priority, earliest deadline, FIFO), and goes
+back is `LLMResponse.to_json()`. Each attempt runs under the lane `llm:<provider>`, so admission
+to the provider follows the kernel's order (priority, earliest deadline, FIFO); a retry's
+backoff sleep holds no slot (the driver `admits_itself`). The call goes
 through compression -> receipt cache -> circuit breaker -> retries -> hedging -> adaptive
 concurrency (see `resilience`).
 
@@ -30,10 +32,12 @@ import json
 import re
 from typing import Any
 
+from yool.drivers.llm.factory import resolve_model
 from yool.drivers.llm.prices import PriceTable, load_prices
 from yool.drivers.llm.provider import Provider, ProviderError
 from yool.drivers.llm.resilience import (
     AdaptiveConcurrency,
+    Call,
     CircuitBreaker,
     Hedger,
     ReceiptCache,
@@ -45,7 +49,7 @@ from yool.kernel.accounts import FREE, Cost
 from yool.kernel.context import estimate_tokens
 from yool.kernel.devices import Driver, Handle, Reply
 from yool.kernel.errors import DriverError
-from yool.kernel.lanes import Lanes
+from yool.kernel.lanes import ADMISSION, Lanes
 from yool.policy import RuntimePolicy
 
 __all__ = ["LLMDriver"]
@@ -58,8 +62,28 @@ def _redact(text: str) -> str:
     return _KEYLIKE.sub(lambda m: f"{m.group(1)}-[redacted]", text)
 
 
+def _admitted(call: Call) -> Call:
+    """Hold a slot of the caller's lane (see `ADMISSION`) for each attempt, and only then."""
+
+    async def admitted(request: LLMRequest) -> LLMResponse:
+        admission = ADMISSION.get()
+        if admission is None:
+            return await call(request)
+        async with admission.slot():
+            return await call(request)
+
+    return admitted
+
+
 class LLMDriver(Driver):
-    """A provider as a device: budgeted, lane-admitted, resilient, journaled by the kernel."""
+    """A provider as a device: budgeted, lane-admitted, resilient, journaled by the kernel.
+
+    The driver admits itself: each attempt sent to the provider holds a lane slot (in the
+    process's priority and deadline order), while retry backoffs, cache hits and waits on a
+    coalesced identical call hold none.
+    """
+
+    admits_itself = True
 
     def __init__(
         self,
@@ -89,9 +113,11 @@ class LLMDriver(Driver):
             ceiling = min(ceiling, lanes.ceiling)
             initial = min(initial, ceiling)
             lane = lanes.configure(self.lane, initial)
-        self.adaptive = AdaptiveConcurrency(lane, initial, ceiling)
+        self.adaptive = AdaptiveConcurrency(
+            lane, initial, ceiling, rate_limit_decrease=0.9, slow_start=True
+        )
         self._send = self.breaker.wrap(
-            self.retry.wrap(self.hedger.wrap(self.adaptive.wrap(provider.complete)))
+            self.retry.wrap(self.hedger.wrap(_admitted(self.adaptive.wrap(provider.complete))))
         )
         self.calls = 0  # requests that went past the cache
 
@@ -107,7 +133,7 @@ class LLMDriver(Driver):
         model = params.get("model")
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise DriverError(f"{self.name}: model must be a non-empty string, got {model!r}")
-        return _LLMHandle(self, model or self.provider.default_model or None)
+        return _LLMHandle(self, resolve_model(self.provider, self.policy, model))
 
     def prepare(self, payload: Any, model: str | None) -> LLMRequest:
         """Parse, fill in the model and compress a request; DriverError if malformed."""
@@ -198,18 +224,28 @@ class LLMDriver(Driver):
 
 
 class _LLMHandle(Handle):
-    __slots__ = ("_driver", "_model")
+    __slots__ = ("_driver", "_model", "_prepared")
 
     def __init__(self, driver: LLMDriver, model: str | None) -> None:
         self._driver = driver
         self._model = model
+        self._prepared: tuple[Any, LLMRequest] | None = None
 
     def estimate(self, request: Any) -> Cost | None:
         try:
             prepared = self._driver.prepare(request, self._model)
         except DriverError:
             return None  # read raises the same error; nothing to reserve
+        # The kernel reads right after estimating, with no await in between: the payload
+        # cannot change, so the read reuses this parse when handed the very same object.
+        self._prepared = (request, prepared)
         return self._driver.estimate(prepared)
 
     async def read(self, request: Any) -> Reply:
-        return await self._driver.complete(self._driver.prepare(request, self._model))
+        last = self._prepared
+        self._prepared = None
+        if last is not None and last[0] is request:
+            prepared = last[1]
+        else:
+            prepared = self._driver.prepare(request, self._model)
+        return await self._driver.complete(prepared)

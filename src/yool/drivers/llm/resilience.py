@@ -453,9 +453,15 @@ class AdaptiveConcurrency:
     Additive increase: after `limit` consecutive healthy attempts (about one round of the
     whole window), the limit grows by one, up to `ceiling`. A healthy attempt succeeded, the
     error rate (an EWMA of failures) is below `max_error_rate` and its latency is within
-    `blowup` times the latency EWMA. Multiplicative decrease: a rate limit (429/529), another
-    failure or a latency blow-up multiplies the limit by `decrease` (never below 1), at most
-    once per latency EWMA, so one burst of rejections from a full window counts once.
+    `blowup` times the latency EWMA. Multiplicative decrease: a rate limit (429/529) multiplies
+    the limit by `rate_limit_decrease` (default: `decrease`), another failure or a latency
+    blow-up by `decrease` (never below 1), at most once per latency EWMA, so one burst of
+    rejections from a full window counts once. A rate limit says the window is just above the
+    provider's capacity, so a gentle cut (0.9, as in Netflix's concurrency-limits AIMD) keeps
+    the window near it; a failure says the provider is unwell, so the cut is deep.
+
+    With `slow_start`, every healthy attempt grows the limit by one (the window doubles each
+    round, as in TCP's slow start) until the first decrease; additive increase from then on.
     """
 
     def __init__(
@@ -466,8 +472,10 @@ class AdaptiveConcurrency:
         *,
         alpha: float = 0.2,
         decrease: float = 0.5,
+        rate_limit_decrease: float | None = None,
         blowup: float = 3.0,
         max_error_rate: float = 0.1,
+        slow_start: bool = False,
     ) -> None:
         if not 1 <= initial <= ceiling:
             raise ValueError(f"adaptive concurrency needs 1 <= initial <= ceiling, got {initial}")
@@ -475,6 +483,7 @@ class AdaptiveConcurrency:
         self.ceiling = ceiling
         self.alpha = alpha
         self.decrease = decrease
+        self.rate_limit_decrease = decrease if rate_limit_decrease is None else rate_limit_decrease
         self.blowup = blowup
         self.max_error_rate = max_error_rate
         self._limit = initial
@@ -482,6 +491,7 @@ class AdaptiveConcurrency:
         self.error_rate = 0.0
         self._streak = 0
         self._last_decrease = -math.inf
+        self.slow_start = slow_start  # cleared by the first decrease
         if lane is not None:
             lane.resize(initial)
 
@@ -496,13 +506,14 @@ class AdaptiveConcurrency:
             if self.lane is not None:
                 self.lane.resize(limit)
 
-    def _cut(self) -> None:
+    def _cut(self, factor: float) -> None:
         self._streak = 0
+        self.slow_start = False
         now = _now()
         if now - self._last_decrease < (self.latency_ewma_s or 0.0):
             return
         self._last_decrease = now
-        self._set(math.floor(self._limit * self.decrease))
+        self._set(math.floor(self._limit * factor))
 
     def record(self, latency_s: float, *, ok: bool, status: int | None = None) -> None:
         """Feed one attempt's outcome; resizes the lane when the limit changes."""
@@ -512,17 +523,20 @@ class AdaptiveConcurrency:
             self.latency_ewma_s = (
                 latency_s if previous is None else previous + self.alpha * (latency_s - previous)
             )
-        if not ok or status in RATE_LIMITED:
-            self._cut()
+        if status in RATE_LIMITED:
+            self._cut(self.rate_limit_decrease)
+            return
+        if not ok:
+            self._cut(self.decrease)
             return
         if previous is not None and latency_s > self.blowup * previous:
-            self._cut()
+            self._cut(self.decrease)
             return
         if self.error_rate >= self.max_error_rate:
             self._streak = 0
             return
         self._streak += 1
-        if self._streak >= self._limit:
+        if self.slow_start or self._streak >= self._limit:
             self._streak = 0
             self._set(self._limit + 1)
 
