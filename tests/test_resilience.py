@@ -529,3 +529,40 @@ def test_compress_request_shrinks_only_oversized_messages_and_keeps_the_system_p
     assert compress_request(out, 1000) == out
     small = req()
     assert compress_request(small, 1000) is small
+
+
+def test_a_rate_limit_cuts_the_limit_to_just_below_where_the_provider_refused(
+    virtual: Any,
+) -> None:
+    async def main() -> None:
+        aimd = AdaptiveConcurrency(None, initial=4, ceiling=64, slow_start=True)
+        for _ in range(40):  # slow start overshoots the provider's capacity of 20
+            aimd.record(0.1, ok=True)
+        assert aimd.limit == 44
+        aimd.record(0.1, ok=False, status=429, sent_as=21)  # refused as the 21st in flight
+        assert aimd.limit == 20 and not aimd.slow_start
+        aimd.record(0.1, ok=False, status=429, sent_as=30)  # a later refusal above: no change
+        assert aimd.limit == 20
+
+    virtual(main())
+
+
+def test_once_capacity_is_known_the_limit_probes_above_it_only_every_few_rounds(
+    virtual: Any,
+) -> None:
+    async def main() -> None:
+        aimd = AdaptiveConcurrency(None, initial=10, ceiling=64, probe_rounds=4)
+        for _ in range(10):
+            aimd.record(0.1, ok=True)
+        assert aimd.limit == 11  # one round of healthy calls: +1
+        aimd.record(0.1, ok=False, status=429, sent_as=11)
+        assert aimd.limit == 10
+        calls = 0
+        while aimd.limit == 10:
+            aimd.record(0.1, ok=True)
+            calls += 1
+        # Four rounds of 10 healthy calls per probe now (plus the few calls it takes the
+        # error-rate average to fall back under its threshold after the refusal).
+        assert aimd.limit == 11 and 40 <= calls < 50
+
+    virtual(main())

@@ -462,6 +462,14 @@ class AdaptiveConcurrency:
 
     With `slow_start`, every healthy attempt grows the limit by one (the window doubles each
     round, as in TCP's slow start) until the first decrease; additive increase from then on.
+
+    A rate limit also says where the provider's capacity lies: the rejected attempt was sent
+    as the k-th in flight, so the provider holds fewer than k at once. The limit is cut to at
+    most k - 1 (besides the multiplicative cut), which ends a slow-start overshoot in one step
+    and keeps the steady state between the capacity and one above it, instead of sawing down
+    by a factor at every probe. Once a rate limit has shown where the capacity is, the limit
+    probes above it only every `probe_rounds` rounds: each probe costs one rejected call
+    that waits out the provider's Retry-After.
     """
 
     def __init__(
@@ -476,6 +484,7 @@ class AdaptiveConcurrency:
         blowup: float = 3.0,
         max_error_rate: float = 0.1,
         slow_start: bool = False,
+        probe_rounds: int = 4,
     ) -> None:
         if not 1 <= initial <= ceiling:
             raise ValueError(f"adaptive concurrency needs 1 <= initial <= ceiling, got {initial}")
@@ -492,6 +501,9 @@ class AdaptiveConcurrency:
         self._streak = 0
         self._last_decrease = -math.inf
         self.slow_start = slow_start  # cleared by the first decrease
+        self.in_flight = 0
+        self.probe_rounds = probe_rounds
+        self._rounds_per_step = 1  # rounds of healthy calls per +1; more once capacity is known
         if lane is not None:
             lane.resize(initial)
 
@@ -515,8 +527,18 @@ class AdaptiveConcurrency:
         self._last_decrease = now
         self._set(math.floor(self._limit * factor))
 
-    def record(self, latency_s: float, *, ok: bool, status: int | None = None) -> None:
-        """Feed one attempt's outcome; resizes the lane when the limit changes."""
+    def record(
+        self,
+        latency_s: float,
+        *,
+        ok: bool,
+        status: int | None = None,
+        sent_as: int | None = None,
+    ) -> None:
+        """Feed one attempt's outcome; resizes the lane when the limit changes.
+
+        `sent_as` is how many attempts were in flight, this one included, when it was sent.
+        """
         self.error_rate += self.alpha * ((0.0 if ok else 1.0) - self.error_rate)
         previous = self.latency_ewma_s
         if ok:
@@ -524,6 +546,13 @@ class AdaptiveConcurrency:
                 latency_s if previous is None else previous + self.alpha * (latency_s - previous)
             )
         if status in RATE_LIMITED:
+            if sent_as is not None and sent_as - 1 < self._limit:
+                self._streak = 0
+                self.slow_start = False
+                self._set(sent_as - 1)  # the provider held fewer than `sent_as` at once
+                self._last_decrease = _now()
+                self._rounds_per_step = self.probe_rounds
+                return
             self._cut(self.rate_limit_decrease)
             return
         if not ok:
@@ -536,21 +565,25 @@ class AdaptiveConcurrency:
             self._streak = 0
             return
         self._streak += 1
-        if self.slow_start or self._streak >= self._limit:
+        if self.slow_start or self._streak >= self._limit * self._rounds_per_step:
             self._streak = 0
             self._set(self._limit + 1)
 
     async def run(self, call: Call, request: LLMRequest) -> LLMResponse:
         started = _now()
+        self.in_flight += 1
+        sent_as = self.in_flight
         try:
             response = await call(request)
         except ProviderError as e:
             if e.retryable:  # a 400 says nothing about the provider's load
-                self.record(_now() - started, ok=False, status=e.status)
+                self.record(_now() - started, ok=False, status=e.status, sent_as=sent_as)
             raise
         except Exception:
             self.record(_now() - started, ok=False)
             raise
+        finally:
+            self.in_flight -= 1
         self.record(_now() - started, ok=True)
         return response
 
