@@ -3,7 +3,7 @@
 Prints one JSON line per figure. The fake runs in a child process so that its
 CPU does not count against the client and the client's loop is not shared.
 
-    python bench/providers.py [--quick]
+    python bench/providers.py [--long]
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ TOOLS = tuple(
 )
 
 
-def emit(figure: str, value: float, unit: str, **extra: Any) -> None:
-    print(json.dumps({"figure": figure, "value": round(value, 3), "unit": unit, **extra}))
+def emit(bench: str, value: float, unit: str, **extra: Any) -> None:
+    print(json.dumps({"bench": bench, "value": round(value, 3), "unit": unit, **extra}), flush=True)
 
 
 def history(n: int) -> tuple[Msg, ...]:
@@ -130,7 +130,12 @@ async def client_cpu(fake: ChildFake, calls: int) -> None:
             ("anthropic_sdk_create", anthropic_sdk),
             ("anthropic_yool_provider", anthropic_yool),
         ):
-            emit(f"client_cpu_per_call.{name}", await cpu_per_call(fn, calls), "ms", messages=size)
+            emit(
+                f"client_cpu_ms.{name}.{size}_messages",
+                await cpu_per_call(fn, calls),
+                "ms",
+                messages=size,
+            )
         await oai.aclose()
         await ant.aclose()
 
@@ -189,17 +194,17 @@ async def server_rate(fake: ChildFake, total: int, concurrency: int) -> None:
     await client.close()
 
 
-async def main(quick: bool) -> None:
+async def main(long: bool) -> None:
     fake = ChildFake()
     try:
-        await client_cpu(fake, 100 if quick else 300)
+        await client_cpu(fake, 300 if long else 100)
         await burst(fake, 1000)
-        await server_rate(fake, 2000 if quick else 10000, 100)
+        await server_rate(fake, 10000 if long else 2000, 100)
     finally:
         fake.close()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--long", action="store_true", help="more calls per figure (~75 s)")
+    asyncio.run(main(parser.parse_args().long))
