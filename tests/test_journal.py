@@ -421,3 +421,32 @@ def test_replay_from_a_store_takes_the_recorded_arguments(real: Any, tmp_path: P
                     await k.replay(424242)
 
     real(main())
+
+
+def test_a_sealed_request_digests_like_its_plain_json_so_old_journals_still_replay() -> None:
+    from yool.drivers.llm.types import LLMRequest, Msg, ToolCall, ToolSpec
+    from yool.kernel.journal import digest
+
+    request = LLMRequest(
+        (
+            Msg("user", 'naïve "quotes" and ünïcode \u2028'),
+            Msg("assistant", "", (ToolCall("c1", "read_file", {"path": "a.txt", "n": [1, 2]}),)),
+            Msg("tool", "contents", tool_call_id="c1", is_error=True),
+        ),
+        system="be brief",
+        tools=(ToolSpec("read_file", "read a file"),),
+        temperature=0.0,
+        idempotent=True,
+    )
+    sealed, plain = request.payload(), request.to_json()
+    assert sealed == plain
+    assert digest("llm.read", sealed) == digest("llm.read", plain)
+    assert LLMRequest.from_json(sealed) == LLMRequest.from_json(plain) == request
+
+
+def test_a_sealed_message_cannot_be_changed_after_it_was_digested() -> None:
+    from yool.drivers.llm.types import Msg
+
+    sealed = Msg("user", "hello").sealed()
+    with pytest.raises(TypeError):
+        sealed["content"] = "changed"  # type: ignore[index]

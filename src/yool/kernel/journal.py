@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, NamedTuple
+import secrets
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 if TYPE_CHECKING:
     from yool.kernel.store import Store
@@ -26,9 +27,69 @@ class Entry(NamedTuple):
     error: str | None
 
 
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+class Sealed(dict[str, Any]):
+    """A JSON object that refuses changes, so its canonical text is computed once.
+
+    A request whose "messages" are all Sealed is digested from those cached texts: a
+    long history is not re-serialised on every step. Copies and pickles are plain dicts.
+    """
+
+    __slots__ = ("_canonical",)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._canonical: str | None = None
+
+    def canonical(self) -> str:
+        """`json.dumps(self, sort_keys=True, separators=(",", ":"), default=repr)`, cached."""
+        text = self._canonical
+        if text is None:
+            text = self._canonical = _canonical(self)
+        return text
+
+    def _refuse(self, *args: Any, **kw: Any) -> NoReturn:
+        raise TypeError("a sealed JSON object cannot be changed")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+
+# Stands in for a sealed "messages" list while the rest of the request is serialised; its
+# text is random, so it cannot occur anywhere else in that text.
+_HOLE = secrets.token_hex(16)
+
+
+class _Hole:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return _HOLE
+
+
+_HOLE_JSON = json.dumps(_HOLE)
+
+
 def digest(kind: str, request: Any) -> str:
-    """A stable fingerprint of a request, to notice a replay that diverged."""
-    text = json.dumps([kind, request], sort_keys=True, separators=(",", ":"), default=repr)
+    """A stable fingerprint of a request, to notice a replay that diverged.
+
+    The blake2b of `[kind, request]`'s canonical JSON (sorted keys, compact, repr for
+    what JSON cannot say); sealed messages contribute their cached text, the same bytes.
+    """
+    messages = request.get("messages") if type(request) is dict else None
+    if type(messages) is list and messages and all(isinstance(m, Sealed) for m in messages):
+        rest = dict(request)
+        rest["messages"] = _Hole()
+        body = "[" + ",".join([m.canonical() for m in messages]) + "]"
+        text = _canonical([kind, rest]).replace(_HOLE_JSON, body, 1)
+    else:
+        text = _canonical([kind, request])
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from yool.kernel.journal import Sealed
+
 Role = Literal["user", "assistant", "tool"]
 StopReason = Literal["end", "tool_use", "max_tokens", "stop_sequence", "refusal"]
 
@@ -56,6 +58,21 @@ class Msg:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     is_error: bool = False
+    # Per-instance caches (a Msg never changes): its sealed JSON and its token estimate.
+    _sealed: _MsgJSON | None = field(default=None, init=False, repr=False, compare=False)
+    _tokens: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def sealed(self) -> _MsgJSON:
+        """`to_json()` as a read-only dict, built once: what `LLMRequest.payload` sends.
+
+        Its canonical text (for the journal digest) is computed once too, and
+        `Msg.from_json` hands back this very Msg for it instead of building a new one.
+        """
+        out = self._sealed
+        if out is None:
+            out = _MsgJSON(self)
+            object.__setattr__(self, "_sealed", out)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -69,6 +86,8 @@ class Msg:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Msg:
+        if type(data) is _MsgJSON:
+            return data.msg  # sealed: it still says exactly what its Msg does
         return cls(
             data["role"],
             data.get("content") or "",
@@ -76,6 +95,29 @@ class Msg:
             data.get("tool_call_id"),
             bool(data.get("is_error", False)),
         )
+
+
+class _MsgJSON(Sealed):
+    """A Msg's JSON object, read-only, remembering the Msg it came from."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self, msg: Msg) -> None:
+        data = msg.to_json()
+        if "tool_calls" in data:
+            data["tool_calls"] = [Sealed(c) for c in data["tool_calls"]]
+        super().__init__(data)
+        self.msg = msg if _round_trips(msg) else Msg.from_json(data)
+
+
+def _round_trips(msg: Msg) -> bool:
+    """Whether `Msg.from_json(msg.to_json())` gives back an equal Msg."""
+    return (
+        isinstance(msg.content, str)
+        and isinstance(msg.is_error, bool)
+        and isinstance(msg.tool_calls, tuple)
+        and all(type(c) is ToolCall and isinstance(c.arguments, dict) for c in msg.tool_calls)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +143,18 @@ class LLMRequest:
     temperature: float | None = None  # 0 makes a call deterministic, hence cacheable
     idempotent: bool = False  # safe to send twice at once (hedging)
 
-    def to_json(self) -> dict[str, Any]:
+    def payload(self) -> dict[str, Any]:
+        """`to_json()` with each message's sealed JSON: what an agent sends the LLM device.
+
+        Equal to `to_json()`; the messages are built once per Msg rather than per request,
+        and the kernel's digest and the driver's parse reuse what they cached.
+        """
+        out = self.to_json(_messages=[m.sealed() for m in self.messages])
+        return out
+
+    def to_json(self, _messages: list[Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "messages": [m.to_json() for m in self.messages],
+            "messages": [m.to_json() for m in self.messages] if _messages is None else _messages,
             "max_tokens": self.max_tokens,
         }
         if self.system:

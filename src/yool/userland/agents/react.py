@@ -87,6 +87,8 @@ class Memory:
 
     sys: Sys
     order: dict[str, int] = field(default_factory=dict)  # segment id -> sequence
+    # segment id -> (the body it was parsed from, its Msg): a turn is parsed once, not per step
+    parsed: dict[str, tuple[Any, Msg]] = field(default_factory=dict)
 
     async def add(self, msg: Msg, *, pin: bool = False) -> None:
         sid = await self.sys.remember(msg.to_json(), pin=pin)
@@ -102,7 +104,10 @@ class Memory:
         for seg in resident:
             body = seg.body
             if seg.id in self.order and isinstance(body, dict) and "role" in body:
-                turns.append((self.order[seg.id], Msg.from_json(body)))
+                hit = self.parsed.get(seg.id)
+                if hit is None or hit[0] is not body:
+                    hit = self.parsed[seg.id] = (body, Msg.from_json(body))
+                turns.append((self.order[seg.id], hit[1]))
             elif seg.summary:
                 text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
                 summaries.append(Msg("user", f"(Summary of earlier context) {text}"))
@@ -119,7 +124,9 @@ def _paired(messages: list[Msg]) -> list[Msg]:
         if m.role == "assistant" and m.tool_calls:
             calls = tuple(c for c in m.tool_calls if c.id in results)
             if calls:
-                out.append(Msg("assistant", m.content, calls))
+                # all answered: the very Msg (equal to a rebuilt one, and its caches warm)
+                whole = len(calls) == len(m.tool_calls) and m.tool_call_id is None
+                out.append(m if whole and not m.is_error else Msg("assistant", m.content, calls))
                 out.extend(results[c.id] for c in calls)
             elif m.content.strip():
                 out.append(Msg("assistant", m.content))
@@ -142,7 +149,7 @@ def _key(call: ToolCall) -> str:
 
 
 async def ask_llm(sys: Sys, llm: str, request: LLMRequest) -> LLMResponse:
-    return LLMResponse.from_json(await sys.read(llm, request.to_json()))
+    return LLMResponse.from_json(await sys.read(llm, request.payload()))
 
 
 async def run_turn(
