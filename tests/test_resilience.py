@@ -566,3 +566,37 @@ def test_once_capacity_is_known_the_limit_probes_above_it_only_every_few_rounds(
         assert aimd.limit == 11 and 40 <= calls < 50
 
     virtual(main())
+
+
+def test_the_limit_probes_above_known_capacity_only_while_the_backlog_outlasts_a_refusal(
+    virtual: Any,
+) -> None:
+    async def main() -> None:
+        lane = Lane("llm:capped", 1)
+        aimd = AdaptiveConcurrency(lane, initial=10, ceiling=64, probe_rounds=1)
+        for _ in range(10):
+            aimd.record(0.1, ok=True)
+        assert aimd.limit == 11
+        aimd.record(0.1, ok=False, status=429, sent_as=11, retry_after=0.5)
+        assert aimd.limit == 10
+        # No queue: a refused probe would only strand its caller for the Retry-After.
+        for _ in range(200):
+            aimd.record(0.1, ok=True)
+        assert aimd.limit == 10
+        for _ in range(10):
+            await lane.acquire()
+        # A queue that drains in 40 * 0.1 / 10 = 0.4 s < 0.5 + 0.1 s: still no probe.
+        waiters = [asyncio.create_task(lane.acquire()) for _ in range(40)]
+        await asyncio.sleep(0)
+        aimd.record(0.1, ok=True)
+        assert aimd.limit == 10
+        # 60 waiters drain in 0.6 s: the probe is worth it, and it comes at once.
+        waiters += [asyncio.create_task(lane.acquire()) for _ in range(20)]
+        await asyncio.sleep(0)
+        aimd.record(0.1, ok=True)
+        assert aimd.limit == 11 and lane.concurrency == 11
+        for task in waiters:
+            task.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+    virtual(main())

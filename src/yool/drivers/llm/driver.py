@@ -44,7 +44,7 @@ from yool.drivers.llm.resilience import (
     Retry,
     compress_request,
 )
-from yool.drivers.llm.types import LLMRequest, LLMResponse, Usage
+from yool.drivers.llm.types import LLMRequest, LLMResponse, Msg, Usage
 from yool.kernel.accounts import FREE, Cost
 from yool.kernel.context import estimate_tokens
 from yool.kernel.devices import Driver, Handle, Reply
@@ -171,9 +171,7 @@ class LLMDriver(Driver):
         """The most `request` may cost: estimated input tokens + max_tokens, and their USD."""
         prompt = estimate_tokens(request.system) if request.system else 0
         for m in request.messages:
-            prompt += estimate_tokens(m.content) + _MESSAGE_OVERHEAD
-            if m.tool_calls:
-                prompt += estimate_tokens([c.to_json() for c in m.tool_calls])
+            prompt += _message_tokens(m)
         if request.tools:
             prompt += estimate_tokens([t.to_json() for t in request.tools])
         usage = Usage(prompt, request.max_tokens)
@@ -221,6 +219,17 @@ class LLMDriver(Driver):
                 f"{who}: provider output is not JSON-serialisable ({type(e).__name__})"
             ) from None
         return value
+
+
+def _message_tokens(m: Msg) -> int:
+    """A message's share of the prompt estimate, cached on the Msg (which never changes)."""
+    n = m._tokens
+    if n is None:
+        n = estimate_tokens(m.content) + _MESSAGE_OVERHEAD
+        if m.tool_calls:
+            n += estimate_tokens([c.to_json() for c in m.tool_calls])
+        object.__setattr__(m, "_tokens", n)
+    return n
 
 
 class _LLMHandle(Handle):

@@ -470,6 +470,13 @@ class AdaptiveConcurrency:
     by a factor at every probe. Once a rate limit has shown where the capacity is, the limit
     probes above it only every `probe_rounds` rounds: each probe costs one rejected call
     that waits out the provider's Retry-After.
+
+    A probe is also only worth it while the lane's backlog lasts longer than what a refused
+    probe costs its caller (the provider's last Retry-After plus one call): the extra slot
+    helps only while callers are queued, and a probe refused as the queue drains turns one
+    call into a straggler that finishes a Retry-After after all the others. So, with a lane
+    and a known capacity, the limit steps above it only while the queue takes at least that
+    long to drain at the current limit (``waiting * latency / limit``).
     """
 
     def __init__(
@@ -504,6 +511,8 @@ class AdaptiveConcurrency:
         self.in_flight = 0
         self.probe_rounds = probe_rounds
         self._rounds_per_step = 1  # rounds of healthy calls per +1; more once capacity is known
+        self._capacity: int | None = None  # in flight the provider held when it last refused
+        self._retry_after_s = 0.0  # the provider's last Retry-After with a rate limit
         if lane is not None:
             lane.resize(initial)
 
@@ -534,10 +543,12 @@ class AdaptiveConcurrency:
         ok: bool,
         status: int | None = None,
         sent_as: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """Feed one attempt's outcome; resizes the lane when the limit changes.
 
-        `sent_as` is how many attempts were in flight, this one included, when it was sent.
+        `sent_as` is how many attempts were in flight, this one included, when it was sent;
+        `retry_after` is the delay the provider asked for with a rate limit.
         """
         self.error_rate += self.alpha * ((0.0 if ok else 1.0) - self.error_rate)
         previous = self.latency_ewma_s
@@ -546,9 +557,12 @@ class AdaptiveConcurrency:
                 latency_s if previous is None else previous + self.alpha * (latency_s - previous)
             )
         if status in RATE_LIMITED:
+            if retry_after is not None and retry_after >= 0:
+                self._retry_after_s = retry_after
             if sent_as is not None and sent_as - 1 < self._limit:
                 self._streak = 0
                 self.slow_start = False
+                self._capacity = sent_as - 1
                 self._set(sent_as - 1)  # the provider held fewer than `sent_as` at once
                 self._last_decrease = _now()
                 self._rounds_per_step = self.probe_rounds
@@ -566,8 +580,18 @@ class AdaptiveConcurrency:
             return
         self._streak += 1
         if self.slow_start or self._streak >= self._limit * self._rounds_per_step:
+            if not self._worth_probing():
+                return  # keep the streak: probe once a backlog builds up again
             self._streak = 0
             self._set(self._limit + 1)
+
+    def _worth_probing(self) -> bool:
+        """Whether stepping the limit up is worth a refused call (see the class doc)."""
+        lane = self.lane
+        if lane is None or self._capacity is None or self._limit < self._capacity:
+            return True
+        latency = self.latency_ewma_s or 0.0
+        return lane.waiting * latency >= self._limit * (self._retry_after_s + latency)
 
     async def run(self, call: Call, request: LLMRequest) -> LLMResponse:
         started = _now()
@@ -577,7 +601,13 @@ class AdaptiveConcurrency:
             response = await call(request)
         except ProviderError as e:
             if e.retryable:  # a 400 says nothing about the provider's load
-                self.record(_now() - started, ok=False, status=e.status, sent_as=sent_as)
+                self.record(
+                    _now() - started,
+                    ok=False,
+                    status=e.status,
+                    sent_as=sent_as,
+                    retry_after=e.retry_after,
+                )
             raise
         except Exception:
             self.record(_now() - started, ok=False)
