@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anthropic
 import httpx2
 import openai
 
 from yool.drivers.llm.provider import ProviderError
+
+T = TypeVar("T")
 
 Transport = Literal["aiohttp", "httpx"]
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
@@ -134,6 +136,35 @@ def classify(exc: Exception, provider: str, secret: str | None, timeout: float) 
     if isinstance(exc, (*_VALIDATION_ERRORS, ValueError, KeyError, TypeError, AttributeError)):
         return malformed(provider, f"{type(exc).__name__}: {exc}", secret)
     return ProviderError(scrub(f"{provider}: unexpected {type(exc).__name__}: {exc}", secret))
+
+
+async def post(
+    client: anthropic.AsyncAnthropic | openai.AsyncOpenAI,
+    path: str,
+    body: dict[str, Any],
+    parse: Callable[[Any], T],
+    *,
+    provider: str,
+    secret: str | None,
+    timeout_s: float,
+) -> T:
+    """POST `body` through the SDK client and parse the reply.
+
+    Every failure, the provider's own or a malformed reply, comes out as a
+    `ProviderError` with the key scrubbed and no SDK exception chained to it
+    (the chain could carry an echoed key).
+    """
+    try:
+        return parse(await client.post(path, cast_to=object, content=dumps(body)))
+    except ProviderError as exc:
+        raise ProviderError(
+            scrub(str(exc), secret),
+            retryable=exc.retryable,
+            retry_after=exc.retry_after,
+            status=exc.status,
+        ) from None
+    except Exception as exc:
+        raise classify(exc, provider, secret, timeout_s) from None
 
 
 def _refusal(exc: BaseException) -> BaseException | None:

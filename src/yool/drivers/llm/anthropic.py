@@ -86,18 +86,16 @@ class AnthropicProvider(Provider):
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         body = self.build_body(request)
-        try:
-            data = await self.client.post("/v1/messages", cast_to=object, content=_sdk.dumps(body))
-            return parse_reply(data, body["model"])
-        except ProviderError as exc:
-            raise ProviderError(
-                _sdk.scrub(str(exc), self._key),
-                retryable=exc.retryable,
-                retry_after=exc.retry_after,
-                status=exc.status,
-            ) from None
-        except Exception as exc:
-            raise _sdk.classify(exc, self.name, self._key, self._timeout) from None
+        model = body["model"]
+        return await _sdk.post(
+            self.client,
+            "/v1/messages",
+            body,
+            lambda data: parse_reply(data, model),
+            provider=self.name,
+            secret=self._key,
+            timeout_s=self._timeout,
+        )
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -128,21 +128,19 @@ class OpenAIProvider(Provider):
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         body = self.build_body(request)
-        path = "/chat/completions" if self.api == "chat" else "/responses"
-        try:
-            data = await self.client.post(path, cast_to=object, content=_sdk.dumps(body))
-            if self.api == "chat":
-                return parse_chat(data, body["model"])
-            return parse_responses(data, body["model"])
-        except ProviderError as exc:
-            raise ProviderError(
-                _sdk.scrub(str(exc), self._key),
-                retryable=exc.retryable,
-                retry_after=exc.retry_after,
-                status=exc.status,
-            ) from None
-        except Exception as exc:
-            raise _sdk.classify(exc, self.name, self._key, self._timeout) from None
+        model = body["model"]
+        chat = self.api == "chat"
+        return await _sdk.post(
+            self.client,
+            "/chat/completions" if chat else "/responses",
+            body,
+            (lambda data: parse_chat(data, model))
+            if chat
+            else (lambda data: parse_responses(data, model)),
+            provider=self.name,
+            secret=self._key,
+            timeout_s=self._timeout,
+        )
 
     async def aclose(self) -> None:
         await self.client.close()
