@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +23,7 @@ from yool.drivers.llm.openai import OpenAIProvider, chat_messages
 from yool.drivers.llm.types import LLMRequest, Msg, ToolCall
 from yool.kernel import NORMAL, Kernel, Sys
 from yool.policy import RuntimePolicy
+from yool.testing import FakeProcess
 from yool.userland.agents import AgentSpec
 from yool.userland.agents.react import Memory, ask_llm, react_agent
 
@@ -42,35 +41,9 @@ THROTTLE_LATENCY_S = 0.2  # the fake's service time per request
 THROTTLE_RETRY_AFTER_S = 0.5  # the Retry-After the fake sends with each 429
 THROTTLE_START = 32  # the lane's initial concurrency (the policy default), below N
 
-_FAKE = """
-import asyncio, json, sys
-from yool.testing.fake_provider import FakeProvider
-kw = json.loads(sys.argv[1])
-async def serve():
-    async with FakeProvider(record=False, **kw) as fake:
-        print(fake.url, flush=True)
-        await asyncio.Event().wait()
-asyncio.run(serve())
-"""
-
 
 def emit(bench: str, value: float, unit: str, **extra: Any) -> None:
     print(json.dumps({"bench": bench, "value": round(value, 3), "unit": unit, **extra}), flush=True)
-
-
-class ChildFake:
-    """The fake provider in a child process."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _FAKE, json.dumps(kw)], stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip() + "/v1"
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
 
 
 def history(n: int) -> list[Msg]:
@@ -317,22 +290,17 @@ async def throttled(url: str) -> None:
 
 
 async def main() -> None:
-    fake = ChildFake()
-    try:
-        await step_overhead(fake.url)
-        await step_cpu(fake.url)
-        await concurrent(fake.url)
-    finally:
-        fake.close()
-    fake = ChildFake(
+    with FakeProcess() as fake:
+        await step_overhead(fake.openai_url)
+        await step_cpu(fake.openai_url)
+        await concurrent(fake.openai_url)
+    throttling = FakeProcess(
         latency=THROTTLE_LATENCY_S,
         rate_limit_above=THROTTLE_N,
         retry_after=THROTTLE_RETRY_AFTER_S,
     )
-    try:
-        await throttled(fake.url)
-    finally:
-        fake.close()
+    with throttling:
+        await throttled(throttling.openai_url)
 
 
 if __name__ == "__main__":

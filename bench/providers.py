@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -24,6 +21,7 @@ import openai
 from yool.drivers.llm.anthropic import AnthropicProvider, to_messages
 from yool.drivers.llm.openai import OpenAIProvider, chat_messages
 from yool.drivers.llm.types import LLMRequest, Msg, ToolCall, ToolSpec
+from yool.testing import FakeProcess
 
 KEY = "sk-bench"
 TOOLS = tuple(
@@ -53,28 +51,6 @@ def history(n: int) -> tuple[Msg, ...]:
     return tuple(out[:n])
 
 
-class ChildFake:
-    """The fake provider in a child process, with its CPU time readable from /proc."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "yool.testing"],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        self.url = self.proc.stdout.readline().strip()
-
-    def cpu(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(5)
-
-
 async def cpu_per_call(call: Callable[[], Awaitable[Any]], n: int, rounds: int = 5) -> float:
     """Client CPU ms per call: the best of `rounds` (other load on the machine only adds)."""
     for _ in range(20):
@@ -88,7 +64,7 @@ async def cpu_per_call(call: Callable[[], Awaitable[Any]], n: int, rounds: int =
     return best
 
 
-async def client_cpu(fake: ChildFake, calls: int) -> None:
+async def client_cpu(fake: FakeProcess, calls: int) -> None:
     for size in (1, 50):
         req = LLMRequest(history(size), system="You are a careful engineer.", tools=TOOLS)
         oai = OpenAIProvider(api_key=KEY, base_url=fake.url + "/v1")
@@ -140,7 +116,7 @@ async def client_cpu(fake: ChildFake, calls: int) -> None:
         await ant.aclose()
 
 
-async def burst(fake: ChildFake, n: int) -> None:
+async def burst(fake: FakeProcess, n: int) -> None:
     for transport in ("httpx", "aiohttp"):
         provider = OpenAIProvider(
             api_key=KEY,
@@ -160,7 +136,7 @@ async def burst(fake: ChildFake, n: int) -> None:
         await provider.aclose()
 
 
-async def server_rate(fake: ChildFake, total: int, concurrency: int) -> None:
+async def server_rate(fake: FakeProcess, total: int, concurrency: int) -> None:
     client = openai.AsyncOpenAI(
         api_key=KEY,
         base_url=fake.url + "/v1",
@@ -195,7 +171,7 @@ async def server_rate(fake: ChildFake, total: int, concurrency: int) -> None:
 
 
 async def main(long: bool) -> None:
-    fake = ChildFake()
+    fake = FakeProcess()
     try:
         await client_cpu(fake, 300 if long else 100)
         await burst(fake, 1000)

@@ -1,6 +1,7 @@
 """Test and benchmark helpers: real servers on loopback that stand in for the outside world."""
 
 from yool.testing.fake_provider import (
+    FakeProcess,
     FakeProvider,
     Fault,
     Recorded,
@@ -9,4 +10,12 @@ from yool.testing.fake_provider import (
     Turn,
 )
 
-__all__ = ["FakeProvider", "Fault", "Recorded", "Script", "ThreadedFakeProvider", "Turn"]
+__all__ = [
+    "FakeProcess",
+    "FakeProvider",
+    "Fault",
+    "Recorded",
+    "Script",
+    "ThreadedFakeProvider",
+    "Turn",
+]

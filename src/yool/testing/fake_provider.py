@@ -807,21 +807,74 @@ def _responses(n: int, model: str, turn: Turn, usage: tuple[int, int], stream: b
     return _sse(events)
 
 
-async def _serve_forever(latency: float) -> None:
-    async with FakeProvider(latency=latency, record=False) as fake:
+async def _serve_forever(latency: float, rate_limit_above: int | None, retry_after: float) -> None:
+    async with FakeProvider(
+        latency=latency, rate_limit_above=rate_limit_above, retry_after=retry_after, record=False
+    ) as fake:
         print(fake.url, flush=True)
         await asyncio.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m yool.testing.fake_provider`: serve on loopback until killed; prints the URL."""
+    """`python -m yool.testing`: serve on loopback until killed; prints the URL."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument(
+        "--rate-limit-above", type=int, default=None, help="answer 429 above N in flight"
+    )
+    parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After of a 429")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(args.latency))
+        asyncio.run(_serve_forever(args.latency, args.rate_limit_above, args.retry_after))
+
+
+class FakeProcess:
+    """The fake provider in a child process, so benchmarks measure the client alone.
+
+    Its CPU time is readable (`cpu()`) for figures about the fake itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        rate_limit_above: int | None = None,
+        retry_after: float = 1.0,
+    ) -> None:
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, "-m", "yool.testing", "--latency", str(latency)]
+        cmd += ["--retry-after", str(retry_after)]
+        if rate_limit_above is not None:
+            cmd += ["--rate-limit-above", str(rate_limit_above)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url:
+            self.proc.kill()
+            raise RuntimeError("the fake provider did not start (see its stderr above)")
+        self.openai_url = self.url + "/v1"
+
+    def cpu(self) -> float:
+        """Seconds of CPU the fake has used (user + system)."""
+        import os
+
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+
+    def __enter__(self) -> FakeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 if __name__ == "__main__":
