@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
+from _common import emit
 from yool.kernel import Kernel, Sys
 from yool.kernel.journal import Entry
 from yool.kernel.store import Store
@@ -23,10 +22,6 @@ ROUNDTRIPS = 100_000
 CAP_CHECKS = 1_000_000
 APPENDS = 100_000
 ROUNDS = 5  # noisy figures: the median of this many rounds
-
-
-def emit(bench: str, value: float, unit: str, **extra: Any) -> None:
-    print(json.dumps({"bench": bench, "value": round(value, 3), "unit": unit, **extra}), flush=True)
 
 
 def rss() -> int:

@@ -9,7 +9,6 @@ not count against the client, and the client's loop has the interpreter to itsel
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -18,9 +17,10 @@ from typing import Any
 import httpx2
 import openai
 
+from _common import emit, history
 from yool.drivers.llm.driver import LLMDriver
 from yool.drivers.llm.openai import OpenAIProvider, chat_messages
-from yool.drivers.llm.types import LLMRequest, Msg, ToolCall
+from yool.drivers.llm.types import LLMRequest, Msg
 from yool.kernel import NORMAL, Kernel, Sys
 from yool.policy import RuntimePolicy
 from yool.testing import FakeProcess
@@ -40,23 +40,6 @@ THROTTLE_N = 50  # the fake answers 429 above this many requests in flight
 THROTTLE_LATENCY_S = 0.2  # the fake's service time per request
 THROTTLE_RETRY_AFTER_S = 0.5  # the Retry-After the fake sends with each 429
 THROTTLE_START = 32  # the lane's initial concurrency (the policy default), below N
-
-
-def emit(bench: str, value: float, unit: str, **extra: Any) -> None:
-    print(json.dumps({"bench": bench, "value": round(value, 3), "unit": unit, **extra}), flush=True)
-
-
-def history(n: int) -> list[Msg]:
-    """n messages: a user turn, then assistant tool calls and tool results in turn."""
-    out = [Msg("user", "Refactor the parser module and keep the tests green. " * 3)]
-    i = 0
-    while len(out) < n:
-        call = ToolCall(f"call_{i}", "read", {"path": f"src/mod_{i}.py", "n": i})
-        out.append(Msg("assistant", f"Reading module {i} to see what it does.", (call,)))
-        if len(out) < n:
-            out.append(Msg("tool", "def f(x):\n    return x * 2\n" * 8, tool_call_id=call.id))
-        i += 1
-    return out[:n]
 
 
 def bare_client(url: str) -> openai.AsyncOpenAI:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -18,9 +17,10 @@ from typing import Any
 
 import openai
 
+from _common import emit, history
 from yool.drivers.llm.anthropic import AnthropicProvider, to_messages
 from yool.drivers.llm.openai import OpenAIProvider, chat_messages
-from yool.drivers.llm.types import LLMRequest, Msg, ToolCall, ToolSpec
+from yool.drivers.llm.types import LLMRequest, ToolSpec
 from yool.testing import FakeProcess
 
 KEY = "sk-bench"
@@ -32,23 +32,6 @@ TOOLS = tuple(
     )
     for name in ("read", "write", "search")
 )
-
-
-def emit(bench: str, value: float, unit: str, **extra: Any) -> None:
-    print(json.dumps({"bench": bench, "value": round(value, 3), "unit": unit, **extra}), flush=True)
-
-
-def history(n: int) -> tuple[Msg, ...]:
-    """n messages: a user turn, then assistant tool calls and tool results in turn."""
-    out = [Msg("user", "Refactor the parser module and keep the tests green. " * 3)]
-    i = 0
-    while len(out) < n:
-        call = ToolCall(f"call_{i}", "read", {"path": f"src/mod_{i}.py", "n": i})
-        out.append(Msg("assistant", f"Reading module {i} to see what it does.", (call,)))
-        if len(out) < n:
-            out.append(Msg("tool", "def f(x):\n    return x * 2\n" * 8, tool_call_id=call.id))
-        i += 1
-    return tuple(out[:n])
 
 
 async def cpu_per_call(call: Callable[[], Awaitable[Any]], n: int, rounds: int = 5) -> float:
