@@ -81,7 +81,39 @@ def _demo(args: argparse.Namespace) -> int:
     return run(as_json=args.json)
 
 
+def _server_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--stdio", action="store_true", help="MCP over stdin/stdout (the default)")
+    mode.add_argument("--http", action="store_true", help="MCP over streamable HTTP on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
+
+
+def _server(args: argparse.Namespace) -> int:
+    from yool.server.mcp import build
+
+    policy = load_policy()
+    server = build(policy)
+    if args.http:
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        security = TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=[f"127.0.0.1:{args.port}", f"localhost:{args.port}"],
+            allowed_origins=[f"http://127.0.0.1:{args.port}", f"http://localhost:{args.port}"],
+        )
+        server.run("streamable-http", host="127.0.0.1", port=args.port, transport_security=security)
+    else:
+        server.run("stdio")
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
+    Command(
+        "server",
+        "serve yool's tools to an MCP client (Claude Code, Codex, VS Code)",
+        _server,
+        _server_arguments,
+    ),
     Command(
         "policy",
         "show the effective runtime policy and where each value came from",

@@ -285,6 +285,14 @@ class RuntimePolicy(BaseSettings):
         le=86400,
         allow_inf_nan=False,
     )
+    heartbeat_s: float = _knob(
+        5.0,
+        "HEARTBEAT_S",
+        "seconds between progress notifications while a call waits",
+        ge=0.01,
+        le=10,
+        allow_inf_nan=False,
+    )
     tools: Annotated[frozenset[str], NoDecode] = _knob(
         TOOL_GROUPS, "TOOLS", "tool groups switched on"
     )

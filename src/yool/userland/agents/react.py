@@ -66,6 +66,10 @@ REFLECT_NOTE = (
 )
 
 
+TURN = "turn"  # the `log` event message of one transcript entry
+TRANSCRIPT_CHARS = 4000  # of each turn's text kept in the transcript
+
+
 def steer_note(n: int) -> str:
     return (
         f"You've made {n} direct file-read/search calls in a row — that floods your context. "
@@ -93,6 +97,13 @@ class Memory:
     async def add(self, msg: Msg, *, pin: bool = False) -> None:
         sid = await self.sys.remember(msg.to_json(), pin=pin)
         self.order[sid] = len(self.order)
+        # The transcript: one event per turn, durable with the event log.
+        self.sys.log(
+            TURN,
+            role=msg.role,
+            text=msg.content[:TRANSCRIPT_CHARS],
+            tools=[c.name for c in msg.tool_calls],
+        )
 
     async def messages(self, query: str, k: int) -> list[Msg]:
         resident = self.sys.working_set()
@@ -170,7 +181,11 @@ async def run_turn(
     revisions = 0
     limit_noted = False
     query = ""
+    noted = False
     while progress.steps < limit:
+        if spec.note and progress.steps == spec.note_at and not noted:
+            noted = True  # a fork's changed instruction, from this step on
+            await mem.add(Msg("user", spec.note))
         no_tools = forced or progress.steps >= limit - 1 or not box.tools
         steer = can_delegate and investigated >= (spec.delegate_after or 0) and not no_tools
         if steer and not steered:

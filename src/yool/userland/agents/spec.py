@@ -46,6 +46,8 @@ class AgentSpec:
     depth: int = 0  # how deep in a delegation chain this agent is
     max_depth: int = 2  # a child at this depth gets no spawn capability
     recall_k: int = 3  # swapped-out segments recalled per step once memory has paged
+    note: str = ""  # a user turn added before step `note_at` (a fork's changed instruction)
+    note_at: int = 0
     tools: tuple[ToolSpec, ...] = ()  # the tools device's tools this agent may call
     # driver names of the devices the agent looks for among its capabilities
     llm_device: str = "llm"

@@ -1,0 +1,370 @@
+"""The session: one kernel, its store and devices, and the process every agent hangs under.
+
+A front end (the MCP server, the LSP server, `yool run`) opens one `Session` and hands it to
+each operation. The session is itself a kernel process under init: it holds the policy's
+budget (`YOOL_BUDGET_*`), so everything its agents spend is drawn from it and a session can
+never spend past it; it receives every agent's result and `Down` notice in its mailbox.
+
+What outlives a restart lives in the store on `YOOL_HOME`: process rows, journals, events
+(which carry each agent's transcript) and one agent record per spawn under the `agents`
+namespace, so `ps`, `resume`, `replay` and `fork` work on agents of an earlier server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yool.drivers.files import FilesDriver
+from yool.drivers.kv import KVDriver
+from yool.drivers.llm.driver import LLMDriver
+from yool.drivers.llm.factory import PROVIDERS, configured_providers, make_provider
+from yool.drivers.llm.provider import Provider, ProviderError
+from yool.drivers.llm.sampling import SamplingProvider
+from yool.kernel import INIT, INTERRUPTED, Budget, Down, ExitReason, Kernel, Message, Sys
+from yool.kernel.accounts import Account
+from yool.kernel.events import Event
+from yool.kernel.store import Store
+from yool.policy import RuntimePolicy
+from yool.tools.table import OpError
+from yool.userland.agents import AgentResult, register_agents
+from yool.userland.agents.react import TURN
+
+log = logging.getLogger("yool.session")
+
+AGENTS_NS = "agents"  # store kv namespace of agent records, keyed by zero-padded pid
+
+
+def agent_key(pid: int) -> str:
+    return f"{pid:012d}"
+
+
+@dataclass(slots=True)
+class AgentRecord:
+    """What the session knows of one agent; `to_json` is what survives a restart."""
+
+    pid: int
+    task: str
+    spawn: dict[str, Any]  # the spawn arguments, to resume or fork it as it was started
+    persona: str | None = None
+    provider: str = ""
+    model: str | None = None
+    status: str = "running"  # running | stopped | exited | interrupted
+    reason: dict[str, Any] | None = None
+    answer: str | None = None
+    result: str | None = None  # AgentResult.reason: completed, stalled, step_limit, ...
+    steps: int = 0
+    tokens: int = 0
+    usd: float = 0.0
+    tool_calls: int = 0
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    origin: dict[str, Any] | None = None  # {"resumed"|"replayed"|"forked": pid, ...}
+    account: Account | None = None  # live only
+    done: asyncio.Future[ExitReason] | None = None  # live only
+    ref: str | None = None  # live only: the session's capability over the agent
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "task": self.task,
+            "spawn": self.spawn,
+            "persona": self.persona,
+            "provider": self.provider,
+            "model": self.model,
+            "status": self.status,
+            "reason": self.reason,
+            "answer": self.answer,
+            "result": self.result,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "usd": self.usd,
+            "tool_calls": self.tool_calls,
+            "started": self.started,
+            "ended": self.ended,
+            "origin": self.origin,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AgentRecord:
+        known = set(cls.__slots__) - {"account", "done", "ref"}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def refresh(self) -> None:
+        """Take the live account's figures."""
+        if self.account is not None:
+            used = self.account.usage()
+            self.tokens = int(used["tokens"])
+            self.usd = float(used["usd"])
+            self.tool_calls = int(used["tool_calls"])
+
+
+class Session:
+    """Open with `async with Session.open(policy) as s:`; see the module docstring."""
+
+    def __init__(
+        self,
+        policy: RuntimePolicy,
+        kernel: Kernel,
+        workspace: Path,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.policy = policy
+        self.kernel = kernel
+        self.workspace = workspace
+        self.environ = environ
+        self.agents: dict[int, AgentRecord] = {}
+        self.personas: dict[str, str] = {}  # name -> system prompt
+        self.sampling = SamplingProvider(None, configured=configured_providers(environ))
+        self._llm_devices: dict[str, str] = {}  # provider name -> device cap held by session
+        self._sys: Sys | None = None
+        self._inbox: asyncio.Task[None] | None = None
+        self.started = time.time()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        policy: RuntimePolicy,
+        *,
+        workspace: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        in_memory: bool = False,
+    ) -> AsyncIterator[Session]:
+        """A running session on `policy.home` (or in memory); shut down cleanly on exit."""
+        env = os.environ if environ is None else environ
+        store: Store | None = None
+        if not in_memory:
+            policy.home.mkdir(parents=True, exist_ok=True)
+            store = await asyncio.to_thread(Store.open, policy.db_path)
+        kernel = Kernel(
+            store=store,
+            mailbox_limit=policy.mailbox_limit,
+            events_ring=policy.events_ring,
+            lane_concurrency=policy.lane_concurrency,
+            lane_ceiling=policy.max_lane_concurrency,
+            aging_s=policy.aging_s,
+            tune_gc=False,
+        )
+        session = cls(policy, kernel, (workspace or Path.cwd()).resolve(), env)
+        try:
+            await session._start()
+            yield session
+        finally:
+            await session.close()
+
+    async def _start(self) -> None:
+        k = self.kernel
+        register_agents(k)
+        init = k.init
+        files = k.register_driver(FilesDriver({self.workspace: "rw"}))
+        kv = k.register_driver(KVDriver(k.store))
+        budget = Budget(
+            tokens=self.policy.budget_tokens,
+            usd=self.policy.budget_usd,
+            tool_calls=self.policy.budget_tool_calls,
+            wall_s=self.policy.budget_wall_s,
+        )
+        self._root_files = init.derive(files)
+        self._root_kv = init.derive(kv)
+        handed = (init.derive(init.cap("spawn") or ""), self._root_files, self._root_kv)
+        child = init.spawn(_session_main, self, name="session", budget=budget, caps=handed)
+        self._sys = k.procs[child.pid].sys
+        k.events.sinks.append(self._observe)
+        await self._load_records()
+
+    async def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.kernel.events.sinks.remove(self._observe)
+        for record in self.agents.values():
+            if record.status in ("running", "stopped"):
+                record.refresh()
+        await self.kernel.shutdown()
+        self._persist_all()
+        store = self.kernel.store
+        if store is not None:
+            await store.aflush()
+            await asyncio.to_thread(store.close)
+
+    # -- the session process ----------------------------------------------------------
+
+    @property
+    def sys(self) -> Sys:
+        assert self._sys is not None, "the session is not started"
+        return self._sys
+
+    @property
+    def pid(self) -> int:
+        return self.sys.pid
+
+    @property
+    def files_device(self) -> str:
+        return self._root_files
+
+    @property
+    def kv_device(self) -> str:
+        return self._root_kv
+
+    def llm_device(self, provider: str | None) -> tuple[str, str]:
+        """(driver name, device cap held by the session) for `provider` (None: the policy's).
+
+        The driver is made on first use, so a provider without its key fails only when an
+        agent asks for it, with the variable to set and the providers that are configured.
+        """
+        name = (provider or self.policy.provider).strip().lower()
+        if name not in PROVIDERS:
+            raise OpError(f"provider: unknown provider {provider!r}; use one of {PROVIDERS}")
+        cap = self._llm_devices.get(name)
+        driver = "llm" if name == self.policy.provider else f"llm.{name}"
+        if cap is None:
+            made: Provider
+            if name == "sampling":
+                made = self.sampling
+            else:
+                try:
+                    made = make_provider(name, self.policy, environ=self.environ)
+                except ProviderError as e:
+                    raise OpError(f"provider: {e}") from None
+            dev = self.kernel.register_driver(
+                LLMDriver(made, self.policy, name=driver, lanes=self.kernel.lanes)
+            )
+            cap = self.kernel.init.derive(dev)
+            self.kernel.caps.transfer(INIT, cap, self.pid)
+            self._llm_devices[name] = cap
+        return driver, cap
+
+    def configured_providers(self) -> list[str]:
+        out = configured_providers(self.environ)
+        if self.sampling.callback is not None:
+            out.append("sampling")
+        return out
+
+    # -- agent records ----------------------------------------------------------------
+
+    def track(self, record: AgentRecord) -> AgentRecord:
+        """Start following a freshly spawned agent."""
+        p = self.kernel.procs.get(record.pid)
+        record.account = p.account if p is not None else None
+        record.done = self.kernel.loop.create_future()
+        self.agents[record.pid] = record
+        self._persist(record)
+        return record
+
+    def record(self, pid: int) -> AgentRecord:
+        record = self.agents.get(pid)
+        if record is None:
+            raise OpError(f"pid: no agent {pid} is known to this session (see `ps`)")
+        if record.status in ("running", "stopped"):
+            record.refresh()
+            p = self.kernel.procs.get(pid)
+            if p is not None:
+                record.status = "stopped" if p.state == "stopped" else "running"
+        return record
+
+    def live_ref(self, pid: int) -> str:
+        """The session's capability over a live agent, or an OpError saying why there is none."""
+        record = self.record(pid)
+        if record.ref is None or record.status not in ("running", "stopped"):
+            raise OpError(f"pid: agent {pid} is not running (status: {record.status})")
+        return record.ref
+
+    def usage(self) -> dict[str, Any]:
+        """The session process's spend and what is left of the policy's budget."""
+        p = self.kernel.procs.get(self.pid)
+        if p is None:
+            return {"pid": self.pid, "tokens": 0, "usd": 0.0, "tool_calls": 0, "remaining": {}}
+        used = p.account.usage()
+        return {
+            "pid": self.pid,
+            "tokens": int(used["tokens"]),
+            "usd": round(float(used["usd"]), 6),
+            "tool_calls": int(used["tool_calls"]),
+            "remaining": p.account.remaining(self.kernel.loop.time()),
+        }
+
+    def persona_prompt(self, name: str) -> str:
+        """The system prompt of persona `name`."""
+        prompt = self.personas.get(name)
+        if prompt is None:
+            known = ", ".join(sorted(self.personas)) or "none"
+            raise OpError(f"persona: no persona named {name!r} (known: {known})")
+        return prompt
+
+    def _persist(self, record: AgentRecord) -> None:
+        store = self.kernel.store
+        if store is not None:
+            store.kv_put(AGENTS_NS, agent_key(record.pid), record.to_json())
+
+    def _persist_all(self) -> None:
+        for record in self.agents.values():
+            self._persist(record)
+
+    async def _load_records(self) -> None:
+        store = self.kernel.store
+        if store is None:
+            return
+        interrupted = set(self.kernel.interrupted)
+
+        def load(_conn: Any) -> list[Any]:
+            return [store.kv_get(AGENTS_NS, key) for key in store.kv_keys(AGENTS_NS)]
+
+        for data in await store.read(load):
+            if not isinstance(data, dict):
+                continue
+            record = AgentRecord.from_json(data)
+            if record.status in ("running", "stopped"):
+                # The server went away while it ran: the kernel marked its row interrupted.
+                record.status = "interrupted"
+                record.reason = INTERRUPTED.to_json()
+                if record.pid not in interrupted:
+                    log.info("agent %d had no live row; marking it interrupted", record.pid)
+                self._persist(record)
+            self.agents[record.pid] = record
+
+    def _observe(self, ev: Event) -> None:
+        """Event sink: count steps from the agents' transcript entries."""
+        if ev.kind == "log" and ev.data is not None and ev.data.get("message") == TURN:
+            record = self.agents.get(ev.pid or 0)
+            if record is not None and ev.data.get("role") == "assistant":
+                record.steps += 1
+
+    def _on_message(self, msg: Message) -> None:
+        body = msg.body
+        if isinstance(body, AgentResult):
+            record = self.agents.get(body.pid)
+            if record is not None:
+                record.answer = body.answer
+                record.result = body.reason
+                record.steps = max(record.steps, body.steps)
+        elif isinstance(body, Down):
+            record = self.agents.get(body.pid)
+            if record is None:
+                return
+            record.refresh()
+            record.account = None
+            record.ref = None
+            record.status = "exited"
+            record.reason = body.reason.to_json()
+            record.ended = time.time()
+            self._persist(record)
+            if record.done is not None and not record.done.done():
+                record.done.set_result(body.reason)
+
+
+async def _session_main(sys: Sys, session: Session) -> None:
+    """The session process: collects its agents' results and exit notices, forever."""
+    while True:
+        msg = await sys.recv()
+        try:
+            session._on_message(msg)
+        except Exception:  # one odd message must never take the session down
+            log.exception("session: could not handle a message from pid %s", msg.sender)
