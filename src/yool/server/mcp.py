@@ -26,6 +26,7 @@ from pydantic.fields import FieldInfo
 from yool import __version__
 from yool.kernel import KernelError
 from yool.policy import RuntimePolicy
+from yool.server.sampling import HostSampler, handshake_era
 from yool.tools import Call, Operation, OpError, Session, enabled
 
 log = logging.getLogger("yool.server")
@@ -80,6 +81,7 @@ def tool_function(op: Operation[Any, Any], holder: Holder) -> Callable[..., Awai
 
     async def tool(ctx: Context, **kwargs: Any) -> Any:
         session = holder.get()
+        note_client(ctx, session)
 
         async def progress(done: float, total: float | None, message: str) -> None:
             await ctx.report_progress(done, total, message)
@@ -144,6 +146,18 @@ def build(
     _add_logging(server)
     server.holder = holder  # type: ignore[attr-defined]
     return server
+
+
+def note_client(ctx: Context, session: Session) -> None:
+    """Offer the sampling provider while the latest caller is a client that can sample."""
+    caps = ctx.client_capabilities
+    sampling = caps.sampling if caps is not None else None
+    if sampling is None or not handshake_era(ctx.protocol_version):
+        session.sampling.callback = None
+        return
+    current = session.sampling.callback
+    if not isinstance(current, HostSampler) or current.session is not ctx.session:
+        session.sampling.callback = HostSampler(ctx.session, tools=sampling.tools is not None)
 
 
 def _add_logging(server: MCPServer[Any]) -> None:

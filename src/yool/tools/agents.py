@@ -139,6 +139,12 @@ def start_agent(
     `replay(parent_pid, image, run_args, caps) -> Child` is the kernel's replay, bound to the
     journal to read; nothing is left behind if the spawn is refused.
     """
+    if (args.provider or session.policy.provider) == "sampling" and not session.can_sample:
+        raise OpError(
+            "provider: this MCP client did not offer sampling (or speaks the stateless "
+            "2026-07-28 protocol, where yool cannot ask it mid-run); configured providers: "
+            f"{', '.join(session.configured_providers())}"
+        )
     driver, llm = session.llm_device(args.provider)
     spec_ = agent_spec(session, args, driver, "")  # checks the persona before granting
     caps = grant(session, args, llm)

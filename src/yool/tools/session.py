@@ -242,6 +242,11 @@ class Session:
             self._llm_devices[name] = cap
         return driver, cap
 
+    @property
+    def can_sample(self) -> bool:
+        """The front end set a sampling callback: the current client can sample."""
+        return self.sampling.callback is not None
+
     def configured_providers(self) -> list[str]:
         out = configured_providers(self.environ)
         if self.sampling.callback is not None:
