@@ -119,3 +119,51 @@ def test_without_the_sampling_capability_spawn_names_the_configured_providers(
         text = asyncio.run(main(mode))
         assert "did not offer sampling" in text
         assert "configured providers: scripted" in text
+
+
+def test_in_the_stateless_era_sampling_requests_ride_waits_input_required_rounds(
+    tmp_path: Path,
+) -> None:
+    asked: list[types.CreateMessageRequestParams] = []
+
+    async def host(context: Any, params: types.CreateMessageRequestParams) -> Any:
+        asked.append(params)
+        n = len(asked)
+        if n < 3:  # two steps with a tool call each, then the answer
+            return types.CreateMessageResultWithTools(
+                role="assistant",
+                content=[
+                    types.ToolUseContent(
+                        type="tool_use", id=f"t{n}", name="list_files", input={"path": "."}
+                    )
+                ],
+                model="host-model",
+                stop_reason="toolUse",
+            )
+        return types.CreateMessageResult(
+            role="assistant",
+            content=types.TextContent(type="text", text=f"Answered after {n} samples."),
+            model="host-model",
+            stop_reason="endTurn",
+        )
+
+    async def main() -> dict[str, Any]:
+        async with Client(
+            _server(tmp_path),
+            mode="auto",
+            sampling_callback=host,
+            sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
+        ) as client:
+            spawned = await client.call_tool(
+                "spawn", {"task": "Look around", "provider": "sampling"}
+            )
+            assert not spawned.is_error, spawned.content
+            pid = spawned.structured_content["pid"]
+            done = await client.call_tool("wait", {"pids": [pid], "timeout_s": 10})
+            assert not done.is_error, done.content
+            return dict(done.structured_content["agents"][0])
+
+    agent = asyncio.run(main())
+    assert (agent["reason"], agent["answer"]) == ("normal", "Answered after 3 samples.")
+    assert agent["steps"] == 3
+    assert any(t.name == "list_files" for t in asked[0].tools or [])

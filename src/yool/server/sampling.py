@@ -43,31 +43,47 @@ def handshake_era(version: str | None) -> bool:
 
 
 class HostSampler:
-    """The callback of the sampling provider, bound to one client connection."""
+    """The callback of the sampling provider, bound to one client connection (push mode)."""
 
     def __init__(self, session: Any, tools: bool) -> None:
         self.session = session  # mcp.server.session.ServerSession
         self.tools = tools  # the client declared sampling.tools
 
     async def __call__(self, request: LLMRequest) -> LLMResponse:
-        with_tools = self.tools and bool(request.tools)
-        messages = _messages(request.messages, with_tools)
-        kwargs: dict[str, Any] = {
-            "max_tokens": request.max_tokens,
-            "system_prompt": request.system or None,
-            "temperature": request.temperature,
-        }
-        if request.model:
-            kwargs["model_preferences"] = types.ModelPreferences(
-                hints=[types.ModelHint(name=request.model)]
-            )
-        if with_tools:
-            kwargs["tools"] = [
+        params = sample_params(request, self.tools)
+        result = await self.session.create_message(
+            params.messages,
+            max_tokens=params.max_tokens,
+            system_prompt=params.system_prompt,
+            temperature=params.temperature,
+            model_preferences=params.model_preferences,
+            tools=params.tools,
+        )
+        return response_of(result, request)
+
+
+def sample_params(request: LLMRequest, tools: bool) -> types.CreateMessageRequestParams:
+    """`request` as a `sampling/createMessage`; tools only if the client can take them."""
+    with_tools = tools and bool(request.tools)
+    return types.CreateMessageRequestParams(
+        messages=_messages(request.messages, with_tools),
+        max_tokens=request.max_tokens,
+        system_prompt=request.system or None,
+        temperature=request.temperature,
+        model_preferences=(
+            types.ModelPreferences(hints=[types.ModelHint(name=request.model)])
+            if request.model
+            else None
+        ),
+        tools=(
+            [
                 types.Tool(name=t.name, description=t.description, input_schema=t.schema)
                 for t in request.tools
             ]
-        result = await self.session.create_message(messages, **kwargs)
-        return _response(result, request)
+            if with_tools
+            else None
+        ),
+    )
 
 
 def _messages(history: tuple[Msg, ...], with_tools: bool) -> list[types.SamplingMessage]:
@@ -109,7 +125,8 @@ def _messages(history: tuple[Msg, ...], with_tools: bool) -> list[types.Sampling
     return out
 
 
-def _response(result: Any, request: LLMRequest) -> LLMResponse:
+def response_of(result: Any, request: LLMRequest) -> LLMResponse:
+    """The client's sampling result as the agent's `LLMResponse`."""
     content = result.content if isinstance(result.content, list) else [result.content]
     texts: list[str] = []
     calls: list[ToolCall] = []

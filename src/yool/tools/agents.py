@@ -239,7 +239,7 @@ class WaitArgs(Args):
 
 class Waited(Result):
     done: bool  # every pid (mode all) or one (mode first) has ended
-    timed_out: bool
+    timed_out: bool  # not done when timeout_s ran out (not done otherwise: call wait again)
     agents: list[AgentStatus]
 
 
@@ -258,15 +258,18 @@ async def wait(call: Call, args: WaitArgs) -> Waited:
     if len(pending) < len(records) and args.mode == "first":
         need = 0  # one has ended already
     finished = 0
+    host = session.host.arrival() if call.pull else None
     while finished < need and pending:
         left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        done, pending_now = await asyncio.wait(
-            pending, timeout=min(beat, left), return_when=asyncio.FIRST_COMPLETED
+        if left <= 0 or (host is not None and host.done()):
+            break  # a pull-mode caller must answer a sampling request before we go on
+        watched = pending if host is None else {*pending, host}
+        done, _ = await asyncio.wait(
+            watched, timeout=min(beat, left), return_when=asyncio.FIRST_COMPLETED
         )
+        done.discard(host)
         finished += len(done)
-        pending = set(pending_now)
+        pending -= done
         if finished < need and time.monotonic() < deadline:
             await call.progress(
                 time.monotonic() - start, args.timeout_s, _summary(session, records)
@@ -274,7 +277,8 @@ async def wait(call: Call, args: WaitArgs) -> Waited:
     statuses = [status_of(session.record(r.pid)) for r in records]
     ended = sum(1 for s in statuses if s.status not in ("running", "stopped"))
     complete = ended == len(statuses) if args.mode == "all" else ended > 0
-    return Waited(done=complete, timed_out=not complete, agents=statuses)
+    timed_out = not complete and time.monotonic() >= deadline
+    return Waited(done=complete, timed_out=timed_out, agents=statuses)
 
 
 def _summary(session: Session, records: list[AgentRecord]) -> str:

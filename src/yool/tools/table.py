@@ -54,6 +54,9 @@ class Call:
     session: Session
     progress: Reporter = _no_progress
     client: str = ""  # who asked, for the trace: "mcp", "lsp", "cli"
+    # The caller answers host requests (session.host) only between calls: a blocking
+    # operation returns early when one is pending, so the front end can hand it over.
+    pull: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,4 +120,4 @@ def enabled(groups: frozenset[str] | set[str]) -> list[Operation[Any, Any]]:
 
 def load_all() -> None:
     """Import every operations module, so the table is complete."""
-    from yool.tools import agents, system  # noqa: F401
+    from yool.tools import agents, durable, introspection, system, teams  # noqa: F401
