@@ -718,13 +718,32 @@ class Kernel:
         parent: int = INIT,
         args: tuple[Any, ...] | None = None,
         caps: Iterable[str] = (),
+        keep_ops: int | None = None,
     ) -> Child:
         """Run a recorded process again from its journal (strict: zero live driver calls).
 
         Capabilities are not journaled: `caps` (held by `parent`) are handed to the
-        replayed process, as they were handed to the original at its spawn.
+        replayed process, as they were handed to the original at its spawn. `keep_ops`
+        answers only the origin's first ops from the journal (a fork: the rest runs live).
         """
+        plan = await self.plan_replay(origin, image, strict=strict, args=args, keep_ops=keep_ops)
+        return self.spawn_replay(plan, parent=parent, caps=caps)
+
+    async def plan_replay(
+        self,
+        origin: int,
+        image: str | None = None,
+        *,
+        strict: bool = True,
+        args: tuple[Any, ...] | None = None,
+        keep_ops: int | None = None,
+    ) -> ReplayPlan:
+        """Load what `spawn_replay` needs, so the spawn itself can happen synchronously."""
+        if keep_ops is not None and keep_ops < 0:
+            raise KernelError(f"keep_ops must be >= 0, got {keep_ops}")
         streams = await self.journal.load_tree(origin)
+        if keep_ops is not None:
+            streams[origin] = {op: e for op, e in streams.get(origin, {}).items() if op < keep_ops}
         if strict and not streams.get(origin):
             raise ReplayError(f"no journal recorded for pid {origin}")
         info = await self._recorded_process(origin)
@@ -736,9 +755,36 @@ class Kernel:
             if args is not None
             else tuple((info.meta or {}).get("args", ()) if info is not None else ())
         )
+        return ReplayPlan(origin, image, run_args, Source(streams, strict))
+
+    def spawn_replay(
+        self,
+        plan: ReplayPlan,
+        *,
+        parent: int = INIT,
+        args: tuple[Any, ...] | None = None,
+        caps: Iterable[str] = (),
+        name: str | None = None,
+        budget: Budget | None = None,
+        monitor: bool = False,
+        priority: int = 0,
+        deadline: float | None = None,
+    ) -> Child:
+        """Spawn the replay `plan` describes under `parent` (`args` replace the plan's)."""
         parent_p = self.proc(parent)
-        pid_cursor = Cursor(0, Source(streams, strict), origin)
-        child = self.spawn(parent_p, image, run_args, caps=caps, cursor=pid_cursor)
+        pid_cursor = Cursor(0, plan.source, plan.origin)
+        child = self.spawn(
+            parent_p,
+            plan.image,
+            plan.args if args is None else args,
+            name=name,
+            budget=budget,
+            caps=caps,
+            monitor=monitor,
+            priority=priority,
+            deadline=deadline,
+            cursor=pid_cursor,
+        )
         pid_cursor.stream = child.pid
         return child
 
@@ -808,6 +854,16 @@ class Kernel:
             gc.set_threshold(*self._gc_before)
         if self.store is not None:
             await self.store.aflush()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayPlan:
+    """A recorded run loaded and ready to spawn again: see `Kernel.plan_replay`."""
+
+    origin: int
+    image: str
+    args: tuple[Any, ...]
+    source: Source
 
 
 def _meta(args: tuple[Any, ...]) -> dict[str, Any] | None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import modules as loaded_modules
 from typing import Any
 
 from yool.drivers.files import FilesDriver
@@ -33,6 +35,7 @@ from yool.kernel.accounts import Account
 from yool.kernel.events import Event
 from yool.kernel.store import Store
 from yool.policy import RuntimePolicy
+from yool.tools.host import HostRequests
 from yool.tools.table import OpError
 from yool.userland.agents import AgentResult, register_agents
 from yool.userland.agents.react import TURN
@@ -40,6 +43,9 @@ from yool.userland.agents.react import TURN
 log = logging.getLogger("yool.session")
 
 AGENTS_NS = "agents"  # store kv namespace of agent records, keyed by zero-padded pid
+
+
+_SDK_MODULES = {"anthropic": "yool.drivers.llm.anthropic", "openai": "yool.drivers.llm.openai"}
 
 
 def agent_key(pid: int) -> str:
@@ -67,6 +73,7 @@ class AgentRecord:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     origin: dict[str, Any] | None = None  # {"resumed"|"replayed"|"forked": pid, ...}
+    resumed_as: int | None = None  # an interrupted agent continued by `resume` as this pid
     account: Account | None = None  # live only
     done: asyncio.Future[ExitReason] | None = None  # live only
     ref: str | None = None  # live only: the session's capability over the agent
@@ -90,6 +97,7 @@ class AgentRecord:
             "started": self.started,
             "ended": self.ended,
             "origin": self.origin,
+            "resumed_as": self.resumed_as,
         }
 
     @classmethod
@@ -104,6 +112,19 @@ class AgentRecord:
             self.tokens = int(used["tokens"])
             self.usd = float(used["usd"])
             self.tool_calls = int(used["tool_calls"])
+
+
+def is_llm_read(result: Any) -> bool:
+    """Whether a journal entry's result is an LLM reply (`{"value": LLMResponse, "cost"}`)."""
+    if not isinstance(result, dict) or "cost" not in result:
+        return False
+    value = result.get("value")
+    return isinstance(value, dict) and {"text", "tool_calls", "stop", "usage"} <= value.keys()
+
+
+def llm_steps(entries: Iterable[tuple[int, Any]]) -> list[int]:
+    """The ops of the LLM replies among `(op, result)` journal entries, in order."""
+    return sorted(op for op, result in entries if is_llm_read(result))
 
 
 class Session:
@@ -123,7 +144,9 @@ class Session:
         self.agents: dict[int, AgentRecord] = {}
         self.personas: dict[str, str] = {}  # name -> system prompt
         self.sampling = SamplingProvider(None, configured=configured_providers(environ))
-        self._llm_devices: dict[str, str] = {}  # provider name -> device cap held by session
+        self.host = HostRequests()  # sampling requests for clients answered between calls
+        self._llm_devices: dict[str, str] = {}
+        self._providers: list[Provider] = []  # provider name -> device cap held by session
         self._sys: Sys | None = None
         self._inbox: asyncio.Task[None] | None = None
         self.started = time.time()
@@ -189,6 +212,9 @@ class Session:
             if record.status in ("running", "stopped"):
                 record.refresh()
         await self.kernel.shutdown()
+        for provider in self._providers:
+            with contextlib.suppress(Exception):  # closing a connection pool must not lose data
+                await provider.aclose()
         self._persist_all()
         store = self.kernel.store
         if store is not None:
@@ -234,6 +260,7 @@ class Session:
                     made = make_provider(name, self.policy, environ=self.environ)
                 except ProviderError as e:
                     raise OpError(f"provider: {e}") from None
+            self._providers.append(made)
             dev = self.kernel.register_driver(
                 LLMDriver(made, self.policy, name=driver, lanes=self.kernel.lanes)
             )
@@ -241,6 +268,13 @@ class Session:
             self.kernel.caps.transfer(INIT, cap, self.pid)
             self._llm_devices[name] = cap
         return driver, cap
+
+    async def warm(self, provider: str | None) -> None:
+        """Import the provider's SDK off the event loop (seconds, once) before it is made."""
+        name = (provider or self.policy.provider).strip().lower()
+        module = _SDK_MODULES.get(name)
+        if module is not None and module not in loaded_modules:
+            await asyncio.to_thread(importlib.import_module, module)
 
     @property
     def can_sample(self) -> bool:
@@ -319,10 +353,18 @@ class Session:
             return
         interrupted = set(self.kernel.interrupted)
 
-        def load(_conn: Any) -> list[Any]:
-            return [store.kv_get(AGENTS_NS, key) for key in store.kv_keys(AGENTS_NS)]
+        def load(_conn: Any) -> list[tuple[Any, int]]:
+            out: list[tuple[Any, int]] = []
+            for key in store.kv_keys(AGENTS_NS):
+                data = store.kv_get(AGENTS_NS, key)
+                steps = 0
+                if isinstance(data, dict) and data.get("status") in ("running", "stopped"):
+                    # its live step count died with the server: count its journaled steps
+                    steps = len(llm_steps((r.op, r.result) for r in store.journal(data["pid"])))
+                out.append((data, steps))
+            return out
 
-        for data in await store.read(load):
+        for data, steps in await store.read(load):
             if not isinstance(data, dict):
                 continue
             record = AgentRecord.from_json(data)
@@ -330,6 +372,7 @@ class Session:
                 # The server went away while it ran: the kernel marked its row interrupted.
                 record.status = "interrupted"
                 record.reason = INTERRUPTED.to_json()
+                record.steps = max(record.steps, steps)
                 if record.pid not in interrupted:
                     log.info("agent %d had no live row; marking it interrupted", record.pid)
                 self._persist(record)

@@ -9,27 +9,33 @@ every message we build, whatever the server echoed back.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal, TypeVar
+from sys import modules
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import anthropic
 import httpx2
-import openai
 
 from yool.drivers.llm.provider import ProviderError
+
+if TYPE_CHECKING:
+    import anthropic
+    import openai
 
 T = TypeVar("T")
 
 Transport = Literal["aiohttp", "httpx"]
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
 
-_STATUS_ERRORS = (anthropic.APIStatusError, openai.APIStatusError)
-_TIMEOUT_ERRORS = (anthropic.APITimeoutError, openai.APITimeoutError)
-_CONNECTION_ERRORS = (anthropic.APIConnectionError, openai.APIConnectionError)
-_VALIDATION_ERRORS = (anthropic.APIResponseValidationError, openai.APIResponseValidationError)
+_VENDORS = ("anthropic", "openai")  # each takes seconds to import: only loaded ones are asked
+
+
+def _errors(name: str) -> tuple[type[Exception], ...]:
+    """The SDKs' exception class `name`, from the vendor SDKs that are imported."""
+    return tuple(getattr(modules[v], name) for v in _VENDORS if v in modules)
 
 
 def aiohttp_available() -> bool:
@@ -63,7 +69,7 @@ def http_client(
         raise ProviderError("transport='aiohttp' needs the aiohttp package (pip install aiohttp)")
     if transport not in ("aiohttp", "httpx"):
         raise ProviderError(f"transport must be 'aiohttp' or 'httpx', not {transport!r}")
-    module: Any = anthropic if sdk == "anthropic" else openai
+    module: Any = importlib.import_module(sdk)  # the caller's own SDK, already imported
     factory = (
         module.DefaultAioHttpClient if transport == "aiohttp" else module.DefaultAsyncHttpxClient
     )
@@ -115,25 +121,27 @@ def classify(exc: Exception, provider: str, secret: str | None, timeout: float) 
     """Any failure of an SDK call as a ProviderError: retryable or not, and why."""
     if isinstance(exc, ProviderError):
         return exc
-    if isinstance(exc, _STATUS_ERRORS):
-        status = exc.status_code
-        kind, message = _error_detail(exc.body, exc.message)
+    if isinstance(exc, _errors("APIStatusError")):
+        status = exc.status_code  # type: ignore[attr-defined]
+        kind, message = _error_detail(exc.body, exc.message)  # type: ignore[attr-defined]
         text = f"{provider}: HTTP {status}" + (f" {kind}" if kind else "") + f": {message}"
         retryable = status in RETRYABLE_STATUSES or status >= 500
-        retry_after = parse_retry_after(exc.response.headers) if retryable else None
+        headers = exc.response.headers  # type: ignore[attr-defined]
+        retry_after = parse_retry_after(headers) if retryable else None
         return ProviderError(
             scrub(text, secret)[:1000], retryable=retryable, retry_after=retry_after, status=status
         )
     refused = _refusal(exc)
-    if isinstance(exc, _TIMEOUT_ERRORS) and refused is None:
+    if isinstance(exc, _errors("APITimeoutError")) and refused is None:
         return ProviderError(f"{provider}: no reply within {timeout:g}s", retryable=True)
-    if isinstance(exc, _CONNECTION_ERRORS):
+    if isinstance(exc, _errors("APIConnectionError")):
         cause = refused or exc.__cause__
         why = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
         return ProviderError(
             scrub(f"{provider}: connection failed ({why})", secret), retryable=True
         )
-    if isinstance(exc, (*_VALIDATION_ERRORS, ValueError, KeyError, TypeError, AttributeError)):
+    validation = _errors("APIResponseValidationError")
+    if isinstance(exc, (*validation, ValueError, KeyError, TypeError, AttributeError)):
         return malformed(provider, f"{type(exc).__name__}: {exc}", secret)
     return ProviderError(scrub(f"{provider}: unexpected {type(exc).__name__}: {exc}", secret))
 
