@@ -105,6 +105,18 @@ class Memory:
             tools=[c.name for c in msg.tool_calls],
         )
 
+    def resume(self) -> bool:
+        """A restored agent carries on from the turns its snapshot's memory held, in order."""
+        dumped = (self.sys.restored or {}).get("context") or ()
+        turns = [
+            e["id"]
+            for e in dumped
+            if isinstance(e, dict) and isinstance(e.get("body"), dict) and "role" in e["body"]
+        ]
+        for sid in sorted(turns, key=lambda i: int(i[1:]) if i[1:].isdigit() else 0):
+            self.order[sid] = len(self.order)
+        return bool(self.order)
+
     async def messages(self, query: str, k: int) -> list[Msg]:
         resident = self.sys.working_set()
         if k and len(resident) < len(self.order) and query.strip():
@@ -306,7 +318,8 @@ async def react_agent(sys: Sys, task: str, spec: AgentSpec | None = None) -> Non
     try:
         llm, box = await open_agent(sys, spec)
         mem = Memory(sys)
-        await mem.add(Msg("user", task), pin=True)
+        if not mem.resume():
+            await mem.add(Msg("user", task), pin=True)
         await run_turn(sys, llm, box, spec, mem, progress)
     except QuotaExceeded as e:
         await _report(sys, spec, _result(sys, progress, f"quota({e.resource})"))
