@@ -16,8 +16,14 @@ from yool import __version__
 if TYPE_CHECKING:
     from yool.policy import RuntimePolicy
 
+EXIT_FAILED = 1
+"""Exit status of `yool run` when the agent ended other than `normal` (quota, killed, ...)."""
 EXIT_USAGE = 2
 """Exit status for a bad command line or a bad configuration: the run never started."""
+EXIT_NO_STORE = 3
+"""Exit status of `yool ps` / `yool trace` when there is no store to read."""
+EXIT_INTERRUPTED = 130
+"""Exit status of `yool run` stopped by Ctrl-C or SIGTERM (the agent is shut down)."""
 EXIT_BROKEN_PIPE = 128 + 13
 """What a shell reports for a command killed by SIGPIPE, e.g. `yool policy | head -1`."""
 
@@ -107,12 +113,186 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+        return value
+
+    return parse
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", help="what the agent should do")
+    parser.add_argument("--persona", help="a persona name")
+    parser.add_argument("--provider", help="scripted|anthropic|openai (default: YOOL_PROVIDER)")
+    parser.add_argument("--model", help="the model (default: YOOL_MODEL)")
+    parser.add_argument("--budget-usd", type=_positive(float), metavar="USD")
+    parser.add_argument("--budget-tokens", type=_positive(int), metavar="N")
+    parser.add_argument(
+        "--timeout", type=_positive(float), metavar="S", help="kill the agent after S seconds"
+    )
+    parser.add_argument("--json", action="store_true", help="print the agent's status as JSON")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="progress on stderr even when not a TTY"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from pydantic import ValidationError
+
+    from yool.headless import run_blocking
+    from yool.tools import OpError
+
+    policy = load_policy()
+    spawn: dict[str, object] = {"task": args.task}
+    for field in ("persona", "provider", "model", "budget_usd", "budget_tokens"):
+        value = getattr(args, field)
+        if value is not None:
+            spawn[field] = int(value) if field == "budget_tokens" else value
+    verbose = args.verbose or sys.stderr.isatty()
+    say = (lambda line: print(f"yool: {line}", file=sys.stderr, flush=True)) if verbose else None
+    try:
+        outcome = run_blocking(policy, spawn, timeout_s=args.timeout, say=say)
+    except OpError as e:
+        print(f"yool: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as e:
+        for error in e.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "arguments"
+            flag = {"deadline_s": "timeout"}.get(where, where).replace("_", "-")
+            print(f"yool: --{flag}: {error['msg']}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("yool: interrupted; the agent was shut down", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    status = outcome.status
+    if args.json:
+        print(json.dumps(outcome.to_json(), indent=2))
+    elif status.get("answer"):
+        print(status["answer"])
+    if not outcome.normal:
+        print(
+            f"yool: agent {status['pid']} ended: {status.get('reason')}"
+            f" (steps={status['steps']} tokens={status['tokens']} usd={status['usd']:.4f})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if status.get("result") not in (None, "completed") and verbose:
+        print(f"yool: the agent stopped with: {status['result']}", file=sys.stderr)
+    return 0
+
+
+def _ps_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all", action="store_true", help="every agent, not just the recent")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _ps(args: argparse.Namespace) -> int:
+    from yool.watch import NoStore, ps
+
+    try:
+        ps(load_policy().db_path, everything=args.all, as_json=args.json, out=sys.stdout)
+    except NoStore as e:
+        print(f"yool: {e}", file=sys.stderr)
+        return EXIT_NO_STORE
+    return 0
+
+
+def _trace_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pid", type=int, help="only this process's events")
+    parser.add_argument(
+        "-n", type=int, default=20, metavar="N", help="show the last N events (default 20)"
+    )
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per event")
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from yool.watch import NoStore, trace
+
+    if args.n < 0:
+        print("yool: -n: must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        trace(
+            load_policy().db_path,
+            pid=args.pid,
+            n=args.n,
+            follow=args.follow,
+            as_json=args.json,
+            out=sys.stdout,
+            note=lambda line: print(f"yool: {line}", file=sys.stderr, flush=True),
+        )
+    except NoStore as e:
+        print(f"yool: {e}", file=sys.stderr)
+        return EXIT_NO_STORE
+    return 0
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("client", choices=("claude", "codex", "vscode"), help="the MCP client")
+    parser.add_argument(
+        "--write", action="store_true", help="merge it into the client's config file"
+    )
+    parser.add_argument("--name", default="yool", help="the server's name (default yool)")
+
+
+def _config(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from yool import clients
+
+    try:
+        name = clients.check_name(args.name)
+        server = clients.launch()
+        path = clients.target(args.client, Path.cwd(), os.environ)
+        if args.write:
+            written = clients.write(args.client, name, server, path)
+            print(clients.describe(written, name))
+            return 0
+    except clients.ConfigError as e:
+        print(f"yool: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for line in clients.instructions(args.client, name, server, path):
+        print(line, file=sys.stderr)
+    sys.stdout.write(clients.snippet(args.client, name, server))
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "server",
         "serve yool's tools to an MCP client (Claude Code, Codex, VS Code)",
         _server,
         _server_arguments,
+    ),
+    Command(
+        "run",
+        "run one agent on a task and print its answer (exit 0 only if it ended normally)",
+        _run,
+        _run_arguments,
+    ),
+    Command("ps", "list agents from the store (works beside a running server)", _ps, _ps_arguments),
+    Command(
+        "trace",
+        "print the event log and agents' transcripts from the store; --follow to watch",
+        _trace,
+        _trace_arguments,
+    ),
+    Command(
+        "config",
+        "print (or --write) the config Claude Code, Codex or VS Code needs to start yool",
+        _config,
+        _config_arguments,
     ),
     Command(
         "policy",
@@ -152,15 +332,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
 
-    from yool.policy import PolicyError
-
     try:
         return run(args)
     except BrokenPipeError:
         # The reader left; point stdout at devnull so the interpreter's final flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except PolicyError as exc:
+    except Exception as exc:
+        # Only a command that loaded the policy can fail on it; `yool config` never imports it.
+        policy = sys.modules.get("yool.policy")
+        if policy is None or not isinstance(exc, policy.PolicyError):
+            raise
         problems = str(exc).splitlines()
         if len(problems) == 1:
             print(f"yool: invalid configuration: {problems[0]}", file=sys.stderr)
