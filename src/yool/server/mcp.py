@@ -20,13 +20,18 @@ from typing import Annotated, Any
 import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import Field
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 from yool import __version__
 from yool.kernel import KernelError
 from yool.policy import RuntimePolicy
-from yool.server.sampling import HostSampler, handshake_era
+from yool.server.resources import add_resources
+from yool.server.sampling import ask_host, note_client, take_answers
+from yool.server.schema import compact_schema
+from yool.server.stdio import stdio_streams
 from yool.tools import Call, Operation, OpError, Session, enabled
 
 log = logging.getLogger("yool.server")
@@ -81,14 +86,19 @@ def tool_function(op: Operation[Any, Any], holder: Holder) -> Callable[..., Awai
 
     async def tool(ctx: Context, **kwargs: Any) -> Any:
         session = holder.get()
-        note_client(ctx, session)
+        pull = note_client(ctx, session) and op.blocking
+        if pull:
+            take_answers(ctx, session)
 
         async def progress(done: float, total: float | None, message: str) -> None:
             await ctx.report_progress(done, total, message)
 
-        call = Call(session, progress, "mcp", {"context": ctx})
+        call = Call(session, progress, "mcp", pull=pull, extra={"context": ctx})
         try:
-            return await op(call, kwargs)
+            result = await op(call, kwargs)
+            if pull:
+                return ask_host(ctx, session, result)
+            return result
         except OpError as e:
             raise ToolError(str(e)) from None
         except KernelError as e:
@@ -98,8 +108,10 @@ def tool_function(op: Operation[Any, Any], holder: Holder) -> Callable[..., Awai
 
     params = [_parameter(name, info) for name, info in op.input.model_fields.items()]
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
-    tool.__signature__ = inspect.Signature(params, return_annotation=op.output)  # type: ignore[attr-defined]
-    tool.__annotations__ = {"ctx": Context, "return": op.output}
+    # A blocking operation may instead answer "input required" (sampling, stateless era).
+    returns: Any = op.output | types.InputRequiredResult if op.blocking else op.output
+    tool.__signature__ = inspect.Signature(params, return_annotation=returns)  # type: ignore[attr-defined]
+    tool.__annotations__ = {"ctx": Context, "return": returns}
     tool.__name__ = op.name
     tool.__doc__ = op.description
     return tool
@@ -126,38 +138,18 @@ def build(
             finally:
                 holder.session = None
 
-    server: MCPServer[Any] = MCPServer(
+    server: MCPServer[Any] = YoolMCPServer(
         "yool",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level="WARNING",
+        tools=[make_tool(op, holder) for op in enabled(policy.tools)],
     )
-    for op in enabled(policy.tools):
-        server.add_tool(
-            tool_function(op, holder),
-            name=op.name,
-            description=op.description,
-            annotations=types.ToolAnnotations(
-                read_only_hint=op.read_only, destructive_hint=False if op.read_only else None
-            ),
-            structured_output=True,
-        )
     _add_logging(server)
+    add_resources(server, holder)
     server.holder = holder  # type: ignore[attr-defined]
     return server
-
-
-def note_client(ctx: Context, session: Session) -> None:
-    """Offer the sampling provider while the latest caller is a client that can sample."""
-    caps = ctx.client_capabilities
-    sampling = caps.sampling if caps is not None else None
-    if sampling is None or not handshake_era(ctx.protocol_version):
-        session.sampling.callback = None
-        return
-    current = session.sampling.callback
-    if not isinstance(current, HostSampler) or current.session is not ctx.session:
-        session.sampling.callback = HostSampler(ctx.session, tools=sampling.tools is not None)
 
 
 def _add_logging(server: MCPServer[Any]) -> None:
@@ -171,3 +163,68 @@ def _add_logging(server: MCPServer[Any]) -> None:
     server._lowlevel_server.add_request_handler(
         "logging/setLevel", types.SetLevelRequestParams, set_level
     )
+
+
+# -- the generated tools, tuned -----------------------------------------------------------
+#
+# `Tool.from_function` is right but slow and loose for us: its argument model ignores unknown
+# fields, and its output schema (with `$ref`s, titles and `anyOf: [X, null]`) costs a client
+# that re-validates every result (the SDK client does, with jsonschema) more than the whole
+# server side of a call. `make_tool` keeps the SDK's tool and tightens three things.
+
+
+def make_tool(op: Operation[Any, Any], holder: Holder) -> Tool:
+    """The MCP tool for `op`: unknown fields refused, compact schemas, one serialisation."""
+    tool = Tool.from_function(
+        tool_function(op, holder),
+        name=op.name,
+        description=op.description,
+        annotations=types.ToolAnnotations(
+            read_only_hint=op.read_only, destructive_hint=False if op.read_only else None
+        ),
+        structured_output=True,
+    )
+    meta = tool.fn_metadata
+    # Refuse unknown fields by name (pydantic: "<field>: Extra inputs are not permitted").
+    strict = type(
+        op.name,
+        (meta.arg_model,),
+        {
+            "model_config": ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            "__module__": __name__,
+        },
+    )
+    parameters = compact_schema(tool.parameters, keep_defaults=True)
+    parameters["additionalProperties"] = False
+    output_schema = compact_schema(meta.output_schema or {}, keep_defaults=False)
+    # The result is our own validated model: publish its schema, skip re-validating it, and
+    # serialise it once (compact JSON for the text block, not the SDK's indent=2).
+    tool.fn_metadata = FuncMetadata(arg_model=strict, output_schema=output_schema)
+    tool.parameters = parameters
+    tool.fn = _structured(tool.fn, op.output)
+    return tool
+
+
+def _structured(
+    fn: Callable[..., Awaitable[Any]], output: type[BaseModel]
+) -> Callable[..., Awaitable[Any]]:
+    async def call(**kwargs: Any) -> Any:
+        result = await fn(**kwargs)
+        if isinstance(result, output):
+            data = result.model_dump(mode="json")
+            text = result.model_dump_json()
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=text)], structured_content=data
+            )
+        return result  # an InputRequiredResult, or anything the SDK already knows
+
+    return call
+
+
+class YoolMCPServer(MCPServer[Any]):
+    """`MCPServer` whose stdio transport is `stdio_streams`."""
+
+    async def run_stdio_async(self) -> None:
+        low = self._lowlevel_server
+        async with stdio_streams() as (read_stream, write_stream):
+            await low.run(read_stream, write_stream, low.create_initialization_options())

@@ -19,10 +19,12 @@ import warnings
 from typing import Any
 
 import mcp_types as types
+from mcp.server.mcpserver import Context
 
 from yool.drivers.llm.provider import ProviderError
 from yool.drivers.llm.types import LLMRequest, LLMResponse, Msg, StopReason, ToolCall, Usage
 from yool.kernel.context import estimate_tokens
+from yool.tools import Session
 
 # Sampling is how the handshake era does this; the SDK's warning about the stateless era
 # says nothing our callers can act on.
@@ -146,3 +148,61 @@ def response_of(result: Any, request: LLMRequest) -> LLMResponse:
     )
     usage = Usage(prompt, estimate_tokens(text) + 8 * len(calls))
     return LLMResponse(text, tuple(calls), stop, usage, model=result.model or "host")
+
+
+# -- offering it to the session, per call ----------------------------------------------
+
+
+def note_client(ctx: Context, session: Session) -> bool:
+    """Offer the sampling provider while the latest caller is a client that can sample.
+
+    In the handshake era yool asks the client directly (push); in the stateless era the
+    requests wait in `session.host` for the client's next blocking call (pull). True in
+    pull mode.
+    """
+    caps = ctx.client_capabilities
+    sampling = caps.sampling if caps is not None else None
+    if sampling is None:
+        session.sampling.callback = None
+        return False
+    if not handshake_era(ctx.protocol_version):
+        session.sampling.callback = session.host.ask
+        session.host.with_tools = sampling.tools is not None
+        return True
+    current = session.sampling.callback
+    if not isinstance(current, HostSampler) or current.session is not ctx.session:
+        session.sampling.callback = HostSampler(ctx.session, tools=sampling.tools is not None)
+    return False
+
+
+MAX_INPUT_ROUNDS = 8  # the SDK client gives up after 10; stay under and return status instead
+
+
+def take_answers(ctx: Context, session: Session) -> None:
+    """Deliver the client's sampling answers carried by this retry."""
+    answers = ctx.input_responses or {}
+    for rid, answer in answers.items():
+        entry = session.host.pending.get(rid)
+        if entry is None:
+            continue
+        try:
+            session.host.answer(rid, response_of(answer, entry[0]))
+        except Exception as e:  # a malformed answer fails that agent's call, not the server
+            session.host.answer(rid, f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def ask_host(ctx: Context, session: Session, result: Any) -> Any:
+    """The operation's result, or "input required" carrying the pending sampling requests."""
+    state = ctx.request_state or ""
+    rounds = int(state) if state.isdigit() else 0
+    pending = {rid: entry for rid, entry in session.host.pending.items() if not entry[1].done()}
+    if not pending or rounds >= MAX_INPUT_ROUNDS:
+        return result
+    tools = session.host.with_tools
+    return types.InputRequiredResult(
+        input_requests={
+            rid: types.CreateMessageRequest(params=sample_params(request, tools))
+            for rid, (request, _) in pending.items()
+        },
+        request_state=str(rounds + 1),
+    )

@@ -54,6 +54,7 @@ class Spawned(Result):
 @operation("agents")
 async def spawn(call: Call, args: SpawnArgs) -> Spawned:
     """Start a sub-agent on a task; returns its pid at once (then use wait)."""
+    await call.session.warm(args.provider)
     record = start_agent(call.session, args)
     return Spawned(pid=record.pid, provider=record.provider, model=record.model)
 

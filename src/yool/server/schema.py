@@ -1,0 +1,73 @@
+"""Compact JSON Schemas for the tools we publish: the same schema, fewer characters.
+
+Every tool's schema is paid for in the client's context window on every turn, and the
+client validates against it on every call, so the schemas pydantic derives are made
+smaller here without changing what they accept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_DROP = frozenset({"title", "$defs"})
+# Keywords that constrain every type, null included: such an arm cannot absorb the null one.
+_ANY_TYPE = frozenset({"enum", "const", "not", "allOf", "anyOf", "oneOf", "if", "$ref"})
+
+
+class _Recursive(Exception):
+    pass
+
+
+def compact_schema(schema: dict[str, Any], *, keep_defaults: bool) -> dict[str, Any]:
+    """The same JSON Schema, cheaper to read and to validate against.
+
+    Local `$ref`s are inlined, titles dropped, `anyOf: [{type: X, ...}, {type: null}]`
+    becomes `{type: [X, null], ...}` (type-specific keywords only apply to their type, so it
+    is the same schema), `additionalProperties: true` (the default) goes, and so do `default`s
+    (all of them when `keep_defaults` is false, else only `null` ones). A recursive model
+    keeps its `$defs` untouched.
+    """
+    defs: dict[str, Any] = schema.get("$defs", {})
+
+    def walk(node: Any, stack: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [walk(item, stack) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            name = ref.removeprefix("#/$defs/")
+            if name in stack or name not in defs:
+                raise _Recursive(name)
+            return walk(
+                {**defs[name], **{k: v for k, v in node.items() if k != "$ref"}}, (*stack, name)
+            )
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in _DROP:
+                continue
+            if key == "default" and (not keep_defaults or value is None):
+                continue
+            if key == "properties" and isinstance(value, dict):
+                out[key] = {name: walk(sub, stack) for name, sub in value.items()}
+            else:
+                out[key] = walk(value, stack)
+        arms = out.get("anyOf")
+        if isinstance(arms, list) and len(arms) == 2 and {"type": "null"} in arms:
+            other = next(arm for arm in arms if arm != {"type": "null"})
+            if (
+                isinstance(other, dict)
+                and isinstance(other.get("type"), str)
+                and not _ANY_TYPE.intersection(other)
+            ):
+                del out["anyOf"]
+                out = {**other, **out, "type": [other["type"], "null"]}
+        if out.get("additionalProperties") is True:
+            del out["additionalProperties"]
+        return out
+
+    try:
+        compact: dict[str, Any] = walk(schema, ())
+    except _Recursive:
+        return schema
+    return compact
