@@ -272,6 +272,7 @@ async def restore_agent(
 ) -> AgentRecord:
     """A react agent from its snapshot, with a fresh spec and freshly granted capabilities."""
     spawn_args = SpawnArgs.model_validate(agent.get("spawn") or {})
+    await session.warm(spawn_args.provider)
     driver, llm = session.llm_device(spawn_args.provider)
     spec_ = agent_spec(session, spawn_args, driver, "")
     caps = grant(session, spawn_args, llm)

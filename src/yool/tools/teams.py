@@ -177,6 +177,7 @@ _TEAM_ONLY = {"name", "agents", "strategy", "intensity"}
 async def supervise(call: Call, args: SuperviseArgs) -> Supervised:
     """Start a team of agents under a supervisor that restarts them; returns their pids."""
     session = call.session
+    await session.warm(args.provider)
     ids = [a.id for a in args.agents]
     if len(set(ids)) != len(ids):
         raise OpError(f"agents: each agent needs its own id (got {ids})")
@@ -252,6 +253,7 @@ async def fanout(call: Call, args: FanoutArgs) -> Fanout:
     session = call.session
     # bad options fail here, before any agent starts
     specs = [args.spawn_args(t, args.persona, exclude=_FANOUT_ONLY) for t in args.tasks]
+    await session.warm(specs[0].provider)
     session.llm_device(specs[0].provider)
     records: dict[int, AgentRecord] = {}
     gate = asyncio.Semaphore(args.max_concurrency)
