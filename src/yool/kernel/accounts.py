@@ -11,9 +11,12 @@ never outlives its ancestors' wall budgets.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from yool.kernel.errors import KernelError, QuotaExceeded
+
+if TYPE_CHECKING:
+    from yool.policy import RuntimePolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,16 @@ class Budget:
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_policy(cls, policy: RuntimePolicy) -> Budget:
+        """The session budget `YOOL_BUDGET_*` sets."""
+        return cls(
+            tokens=policy.budget_tokens,
+            usd=policy.budget_usd,
+            tool_calls=policy.budget_tool_calls,
+            wall_s=policy.budget_wall_s,
+        )
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Budget:

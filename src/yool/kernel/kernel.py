@@ -150,21 +150,25 @@ class Kernel:
         )
 
     @classmethod
-    def from_policy(cls, policy: RuntimePolicy, store: Store | None = None) -> Kernel:
-        budget = Budget(
-            tokens=policy.budget_tokens,
-            usd=policy.budget_usd,
-            tool_calls=policy.budget_tool_calls,
-            wall_s=policy.budget_wall_s,
-        )
+    def from_policy(
+        cls,
+        policy: RuntimePolicy,
+        store: Store | None = None,
+        *,
+        root_budget: bool = True,
+        tune_gc: bool = True,
+    ) -> Kernel:
+        """A kernel tuned by `policy`; init holds the policy's budget unless `root_budget`
+        is false (a front end that gives it to a session process instead)."""
         return cls(
             store=store,
-            budget=budget,
+            budget=Budget.from_policy(policy) if root_budget else None,
             mailbox_limit=policy.mailbox_limit,
             events_ring=policy.events_ring,
             lane_concurrency=policy.lane_concurrency,
             lane_ceiling=policy.max_lane_concurrency,
             aging_s=policy.aging_s,
+            tune_gc=tune_gc,
         )
 
     async def __aenter__(self) -> Kernel:

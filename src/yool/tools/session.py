@@ -169,15 +169,7 @@ class Session:
         if not in_memory:
             policy.home.mkdir(parents=True, exist_ok=True)
             store = await asyncio.to_thread(Store.open, policy.db_path)
-        kernel = Kernel(
-            store=store,
-            mailbox_limit=policy.mailbox_limit,
-            events_ring=policy.events_ring,
-            lane_concurrency=policy.lane_concurrency,
-            lane_ceiling=policy.max_lane_concurrency,
-            aging_s=policy.aging_s,
-            tune_gc=False,
-        )
+        kernel = Kernel.from_policy(policy, store, root_budget=False, tune_gc=False)
         session = cls(policy, kernel, (workspace or Path.cwd()).resolve(), env)
         try:
             await session._start()
@@ -191,12 +183,7 @@ class Session:
         init = k.init
         files = k.register_driver(FilesDriver({self.workspace: "rw"}))
         kv = k.register_driver(KVDriver(k.store))
-        budget = Budget(
-            tokens=self.policy.budget_tokens,
-            usd=self.policy.budget_usd,
-            tool_calls=self.policy.budget_tool_calls,
-            wall_s=self.policy.budget_wall_s,
-        )
+        budget = Budget.from_policy(self.policy)
         self._root_files = init.derive(files)
         self._root_kv = init.derive(kv)
         handed = (init.derive(init.cap("spawn") or ""), self._root_files, self._root_kv)
