@@ -71,3 +71,34 @@ def compact_schema(schema: dict[str, Any], *, keep_defaults: bool) -> dict[str, 
     except _Recursive:
         return schema
     return compact
+
+
+def nulls_optional(schema: Any) -> Any:
+    """`schema` with nullable properties no longer required: results omit their nulls.
+
+    A result's `null` fields carry nothing, yet every one is sent and validated by the
+    client on every call; leaving them out makes results shorter and checks cheaper.
+    """
+    if isinstance(schema, list):
+        return [nulls_optional(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: nulls_optional(value) for key, value in schema.items()}
+    props, required = out.get("properties"), out.get("required")
+    if isinstance(props, dict) and isinstance(required, list):
+        kept = [name for name in required if not _nullable(props.get(name))]
+        if kept:
+            out["required"] = kept
+        else:
+            del out["required"]
+    return out
+
+
+def _nullable(prop: Any) -> bool:
+    if not isinstance(prop, dict):
+        return False
+    kind = prop.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    arms = prop.get("anyOf") or prop.get("oneOf")
+    return isinstance(arms, list) and any(_nullable(arm) for arm in arms)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from yool.kernel import Budget, KernelError
+from yool.kernel import Budget, ExitReason, KernelError
 from yool.tools.session import AgentRecord, Session
 from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
@@ -227,9 +227,16 @@ def status_of(record: AgentRecord, *, answer: bool = True, task_chars: int = 200
 def _reason_text(reason: dict[str, Any] | None) -> str | None:
     if reason is None:
         return None
-    from yool.kernel import ExitReason
+    text = _REASON_TEXT.get(id(reason))
+    if text is None or text[0] is not reason:
+        text = _REASON_TEXT[id(reason)] = (reason, str(ExitReason.from_json(reason)))
+        if len(_REASON_TEXT) > 4096:
+            _REASON_TEXT.clear()
+    return text[1]
 
-    return str(ExitReason.from_json(reason))
+
+# A record's reason dict never changes once set: its text is worked out once.
+_REASON_TEXT: dict[int, tuple[dict[str, Any], str]] = {}
 
 
 class WaitArgs(Args):
