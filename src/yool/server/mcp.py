@@ -30,7 +30,7 @@ from yool.kernel import KernelError
 from yool.policy import RuntimePolicy
 from yool.server.resources import add_resources
 from yool.server.sampling import ask_host, note_client, take_answers
-from yool.server.schema import compact_schema, nulls_optional
+from yool.server.schema import compact_schema, nulls_optional, shallow
 from yool.server.stdio import stdio_streams
 from yool.tools import Call, Operation, OpError, Session, enabled
 
@@ -196,7 +196,9 @@ def make_tool(op: Operation[Any, Any], holder: Holder) -> Tool:
     )
     parameters = compact_schema(tool.parameters, keep_defaults=True)
     parameters["additionalProperties"] = False
-    output_schema = nulls_optional(compact_schema(meta.output_schema or {}, keep_defaults=False))
+    output_schema = shallow(
+        nulls_optional(compact_schema(meta.output_schema or {}, keep_defaults=False))
+    )
     # The result is our own validated model: publish its schema, skip re-validating it, and
     # serialise it once (compact JSON for the text block, not the SDK's indent=2).
     tool.fn_metadata = FuncMetadata(arg_model=strict, output_schema=output_schema)

@@ -102,3 +102,32 @@ def _nullable(prop: Any) -> bool:
         return True
     arms = prop.get("anyOf") or prop.get("oneOf")
     return isinstance(arms, list) and any(_nullable(arm) for arm in arms)
+
+
+def shallow(schema: dict[str, Any]) -> dict[str, Any]:
+    """An output schema that types a result's top-level fields and no deeper.
+
+    Clients put every output schema in the model's context and validate each result against
+    it; a list of agent rows spelled out field by field costs both on every call. The rows
+    are still what the result model says (the text block is the same JSON); the published
+    schema just stops at "an array of objects".
+    """
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return schema
+    return {**schema, "properties": {name: _outline(p) for name, p in props.items()}}
+
+
+def _outline(prop: Any) -> Any:
+    if not isinstance(prop, dict):
+        return prop
+    out = {k: v for k, v in prop.items() if k not in ("properties", "required", "items")}
+    kind = prop.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    if "object" in kinds:
+        out.pop("additionalProperties", None)
+    if "array" in kinds and isinstance(prop.get("items"), dict):
+        item = prop["items"]
+        item_kind = item.get("type")
+        out["items"] = {"type": item_kind} if item_kind is not None else {}
+    return out
