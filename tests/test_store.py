@@ -257,12 +257,12 @@ def test_a_constraint_violation_rolls_back_and_retries_the_rest_of_its_batch(
     with write_lock_held(db):
         store.append_event(10, 0.0, "alone", None, None)
         wait_until(lambda: store.backlog == 0)
-        # One batch: the duplicate seq fails, the others must survive it.
+        # One batch: the event without a kind fails, the others must survive it.
         store.append_event(11, 0.0, "ok", None, None)
-        store.append_event(1, 0.0, "duplicate", None, None)
+        store.append_event(13, 0.0, None, None, None)  # type: ignore[arg-type]
         store.append_journal(1, 0, "j", "kept", None)
         store.append_event(12, 0.0, "ok", None, None)
-    with pytest.raises(StoreError, match=r"append_event\(seq=1\).*UNIQUE"):
+    with pytest.raises(StoreError, match=r"append_event\(seq=13\).*NOT NULL"):
         store.flush()
     assert store.commits - before <= 2
     assert [(e.seq, e.kind) for e in store.events()] == [
@@ -273,6 +273,14 @@ def test_a_constraint_violation_rolls_back_and_retries_the_rest_of_its_batch(
     ]
     assert store.journal(1)[0].result == "kept"
     assert store.errors == 1
+
+
+def test_an_event_whose_seq_another_kernel_took_is_stored_after_the_last(store: Store) -> None:
+    store.append_event(1, 0.0, "mine", None, None)
+    store.append_event(2, 0.0, "mine", None, None)
+    store.append_event(1, 0.0, "theirs", None, None)  # a second kernel on the same database
+    store.flush()
+    assert [(e.seq, e.kind) for e in store.events()] == [(1, "mine"), (2, "mine"), (3, "theirs")]
 
 
 def test_flush_reports_the_first_failure_and_counts_the_rest(store: Store) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from yool.kernel.boots import boot_alive
+
 AGENTS_NS = "agents"  # the kv namespace `yool.tools.session` keeps agent records in
 LIVE = ("running", "stopped")
 RECENT_ENDED = 20  # ended agents `ps` shows without --all
@@ -85,11 +87,39 @@ def agents(conn: sqlite3.Connection, *, everything: bool = False) -> list[dict[s
             chunk,
         ):
             steps[pid] = count
+    for pid in _orphaned(conn, [pid for pid in live if procs.get(pid, ("",))[0] == "running"]):
+        status, reason, ended = procs[pid]
+        procs[pid] = ("interrupted", reason or '{"kind": "interrupted"}', ended)
     out = [_row(r, procs.get(r["pid"]), steps.get(r["pid"])) for r in records]
     if not everything:
         ended = [row for row in out if row["status"] not in LIVE]
         keep = {row["pid"] for row in ended[-RECENT_ENDED:]}
         out = [row for row in out if row["status"] in LIVE or row["pid"] in keep]
+    return out
+
+
+def _orphaned(conn: sqlite3.Connection, pids: list[int]) -> list[int]:
+    """Of these `running` pids, those whose yool process died (its boot lock is free): a
+    server killed with SIGKILL never got to mark them."""
+    if not pids:
+        return []
+    try:
+        blocks = conn.execute("SELECT start, stop, boot FROM pid_blocks").fetchall()
+    except sqlite3.OperationalError:  # a database from before boots were recorded
+        return []
+    database = Path(
+        next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
+    )
+    alive: dict[str, bool] = {}
+    out = []
+    for pid in pids:
+        boot = next((b for start, stop, b in blocks if start <= pid < stop), None)
+        if boot is None:
+            continue  # unknown owner: leave it as it is
+        if boot not in alive:
+            alive[boot] = boot_alive(database, boot)
+        if not alive[boot]:
+            out.append(pid)
     return out
 
 

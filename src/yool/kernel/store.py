@@ -30,6 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, NamedTuple, Self, TypeVar
 
+from yool.kernel.boots import BootLock
+
 __all__ = [
     "SCHEMA_VERSION",
     "EventRow",
@@ -148,6 +150,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (ns, key)
         ) WITHOUT ROWID""",
     ),
+    (
+        # Which boot (see `boots`) reserved each pid block: a boot marks as interrupted only
+        # the unfinished processes of boots that are no longer alive.
+        """CREATE TABLE pid_blocks (
+            start INTEGER PRIMARY KEY,
+            stop INTEGER NOT NULL,
+            boot TEXT NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -213,7 +224,11 @@ _OPS: Final[tuple[_Op, ...]] = (
     _Op(
         "append_event",
         "events",
-        "INSERT INTO events (seq, ts, kind, pid, data) VALUES (?, ?, ?, ?, ?)",
+        # The kernel's own seq, unless another kernel on this database already stored one
+        # with it: then SQLite numbers it after the last (NULL into INTEGER PRIMARY KEY).
+        "INSERT INTO events (seq, ts, kind, pid, data) VALUES"
+        " (CASE WHEN EXISTS (SELECT 1 FROM events WHERE seq = ?1) THEN NULL ELSE ?1 END,"
+        " ?2, ?3, ?4, ?5)",
         lambda i: (i[1], i[2], i[3], i[4], _opt_dumps(i[5])),
         lambda i: f"seq={i[1]!r}",
     ),
@@ -475,21 +490,27 @@ class _Writer:
 # --- operations run inside the writer's transaction ---------------------------------
 
 
-def _reserve(conn: sqlite3.Connection, count: int) -> range:
+def _reserve(conn: sqlite3.Connection, count: int, boot: str) -> range:
     """The next block of pids: above the counter and above any pid ever stored."""
     start: int = conn.execute(
         "SELECT max(CAST(value AS INTEGER), coalesce((SELECT max(pid) FROM processes), 0) + 1)"
         " FROM meta WHERE key = 'next_pid'"
     ).fetchone()[0]
     conn.execute("UPDATE meta SET value = ? WHERE key = 'next_pid'", (str(start + count),))
+    conn.execute(
+        "INSERT INTO pid_blocks (start, stop, boot) VALUES (?, ?, ?)", (start, start + count, boot)
+    )
     return range(start, start + count)
 
 
-def _mark_interrupted(conn: sqlite3.Connection, ended: float) -> list[int]:
+def _mark_interrupted(conn: sqlite3.Connection, ended: float, alive: list[str]) -> list[int]:
+    marks = ",".join("?" * len(alive))
     rows = conn.execute(
         "UPDATE processes SET status = 'interrupted', reason = ?, ended = ?"
-        " WHERE ended IS NULL RETURNING pid",
-        (_INTERRUPTED, ended),
+        " WHERE ended IS NULL AND NOT EXISTS (SELECT 1 FROM pid_blocks b"
+        f" WHERE b.boot IN ({marks}) AND processes.pid >= b.start AND processes.pid < b.stop)"
+        " RETURNING pid",
+        (_INTERRUPTED, ended, *alive),
     ).fetchall()
     return sorted(pid for (pid,) in rows)
 
@@ -679,6 +700,7 @@ class Store:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=READ_WORKERS, thread_name_prefix="yool-store-read"
         )
+        self.boot = BootLock(self.path)
         self._writer.thread.start()
         _open_stores.add(self)
 
@@ -736,6 +758,7 @@ class Store:
                 for conn in self._all_readers:
                     conn.close()
                 self._all_readers.clear()
+            self.boot.release()
             _open_stores.discard(self)
         if done.is_set() and report[0] is not None:
             raise StoreError(report[0])
@@ -963,12 +986,16 @@ class Store:
         return await self.read(partial(_process, pid=pid))
 
     def mark_interrupted(self, ended: float | None = None) -> list[int]:
-        """At boot: every process not ended becomes `interrupted`; returns their pids.
+        """At boot: every process not ended becomes `interrupted`, except those of boots
+        still running on this database (see `boots`); returns their pids.
 
         Runs after every write queued before it.
         """
         when = time.time() if ended is None else ended
-        return self._call(partial(_mark_interrupted, ended=when), "mark_interrupted", durable=False)
+        alive = sorted(self.boot.alive())
+        return self._call(
+            partial(_mark_interrupted, ended=when, alive=alive), "mark_interrupted", durable=False
+        )
 
     # -- snapshots --
 
@@ -1032,7 +1059,9 @@ class Store:
         """
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        return self._call(partial(_reserve, count=count), "reserve_pids", durable=True)
+        return self._call(
+            partial(_reserve, count=count, boot=self.boot.id), "reserve_pids", durable=True
+        )
 
     def reserve_pids_later(self, count: int, callback: Callable[[range], None]) -> None:
         """Reserve a block in the writer thread and hand it to `callback` there, once durable.
@@ -1055,4 +1084,4 @@ class Store:
                         f"reserve_pids_later({count}) callback raised {type(exc).__name__}: {exc}"
                     )
 
-        self._put((_CALL, partial(_reserve, count=count), done, True))
+        self._put((_CALL, partial(_reserve, count=count, boot=self.boot.id), done, True))

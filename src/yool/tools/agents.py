@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from yool.kernel import Budget, ExitReason, KernelError
-from yool.tools.session import AgentRecord, Session
+from yool.tools.session import UNFINISHED, AgentRecord, Session
 from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
 from yool.userland.agents.spec import HARD_MAX_STEPS
@@ -283,7 +283,7 @@ async def wait(call: Call, args: WaitArgs) -> Waited:
                 time.monotonic() - start, args.timeout_s, _summary(session, records)
             )
     statuses = [status_of(session.record(r.pid)) for r in records]
-    ended = sum(1 for s in statuses if s.status not in ("running", "stopped"))
+    ended = sum(1 for s in statuses if s.status not in UNFINISHED)
     complete = ended == len(statuses) if args.mode == "all" else ended > 0
     timed_out = not complete and time.monotonic() >= deadline
     return Waited(done=complete, timed_out=timed_out, agents=statuses)
@@ -298,7 +298,7 @@ def _summary(session: Session, records: list[AgentRecord]) -> str:
         steps += r.steps
         tokens += r.tokens
         usd += r.usd
-        ended += r.status not in ("running", "stopped")
+        ended += r.status not in UNFINISHED
     return f"{ended}/{len(records)} ended; steps={steps} tokens={tokens} usd={usd:.4f}"
 
 

@@ -23,12 +23,11 @@ from pydantic import Field
 from yool.kernel import Child, KernelError
 from yool.kernel.kernel import ReplayPlan
 from yool.tools.agents import MAX_TASK_CHARS, SpawnArgs, budget_of, start_agent
-from yool.tools.session import AgentRecord, Session, llm_steps
+from yool.tools.session import UNFINISHED, AgentRecord, Session, llm_steps
 from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
 
 IMAGE = "yool.react"
-LIVE = ("running", "stopped")
 _PENDING = 0  # `resumed_as` while a resume is starting: a second one is refused meanwhile
 
 
@@ -55,7 +54,7 @@ async def resume(call: Call, args: PidArgs) -> Rerun:
     """Continue an agent interrupted by a server restart from its journal; returns its pid."""
     session = call.session
     record = session.record(args.pid)
-    if record.status in LIVE:
+    if record.status in UNFINISHED:
         raise OpError(f"pid: agent {args.pid} is {record.status}; only an interrupted one resumes")
     if record.status != "interrupted":
         raise OpError(
@@ -84,7 +83,7 @@ async def replay(call: Call, args: PidArgs) -> Rerun:
     """Re-run a recorded agent from its journal alone: no provider call; returns its pid."""
     session = call.session
     record = session.record(args.pid)
-    if record.status in LIVE:
+    if record.status in UNFINISHED:
         raise OpError(f"pid: agent {args.pid} is {record.status}; replay it once it ends, or fork")
     steps = await _journaled_steps(session, record)
     plan = await _plan(session, record, strict=True)

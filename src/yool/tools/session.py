@@ -33,7 +33,7 @@ from yool.drivers.llm.sampling import SamplingProvider
 from yool.kernel import INIT, INTERRUPTED, Budget, Down, ExitReason, Kernel, Message, Sys
 from yool.kernel.accounts import Account
 from yool.kernel.events import Event
-from yool.kernel.store import Store
+from yool.kernel.store import ProcessRow, Store
 from yool.policy import RuntimePolicy
 from yool.tools.host import HostRequests
 from yool.tools.table import OpError
@@ -46,6 +46,10 @@ AGENTS_NS = "agents"  # store kv namespace of agent records, keyed by zero-padde
 
 
 _SDK_MODULES = {"anthropic": "yool.drivers.llm.anthropic", "openai": "yool.drivers.llm.openai"}
+
+
+ACTIVE = ("running", "stopped")  # live in this session
+UNFINISHED = (*ACTIVE, "elsewhere")  # not ended, here or under another server
 
 
 def agent_key(pid: int) -> str:
@@ -62,7 +66,8 @@ class AgentRecord:
     persona: str | None = None
     provider: str = ""
     model: str | None = None
-    status: str = "running"  # running | stopped | exited | interrupted
+    # running | stopped | exited | interrupted | elsewhere (live under another server)
+    status: str = "running"
     reason: dict[str, Any] | None = None
     answer: str | None = None
     result: str | None = None  # AgentResult.reason: completed, stalled, step_limit, ...
@@ -196,7 +201,7 @@ class Session:
         with contextlib.suppress(ValueError):
             self.kernel.events.sinks.remove(self._observe)
         for record in self.agents.values():
-            if record.status in ("running", "stopped"):
+            if record.status in ACTIVE:
                 record.refresh()
         await self.kernel.shutdown()
         for provider in self._providers:
@@ -289,7 +294,7 @@ class Session:
         record = self.agents.get(pid)
         if record is None:
             raise OpError(f"pid: no agent {pid} is known to this session (see `ps`)")
-        if record.status in ("running", "stopped"):
+        if record.status in ACTIVE:
             record.refresh()
             p = self.kernel.procs.get(pid)
             if p is not None:
@@ -299,7 +304,12 @@ class Session:
     def live_ref(self, pid: int) -> str:
         """The session's capability over a live agent, or an OpError saying why there is none."""
         record = self.record(pid)
-        if record.ref is None or record.status not in ("running", "stopped"):
+        if record.status == "elsewhere":
+            raise OpError(
+                f"pid: agent {pid} runs under another yool server on this YOOL_HOME; "
+                "act on it from there"
+            )
+        if record.ref is None or record.status not in ACTIVE:
             raise OpError(f"pid: agent {pid} is not running (status: {record.status})")
         return record.ref
 
@@ -338,31 +348,33 @@ class Session:
         store = self.kernel.store
         if store is None:
             return
-        interrupted = set(self.kernel.interrupted)
 
-        def load(_conn: Any) -> list[tuple[Any, int]]:
-            out: list[tuple[Any, int]] = []
+        def load(_conn: Any) -> list[tuple[Any, int, ProcessRow | None]]:
+            out: list[tuple[Any, int, ProcessRow | None]] = []
             for key in store.kv_keys(AGENTS_NS):
                 data = store.kv_get(AGENTS_NS, key)
-                steps = 0
-                if isinstance(data, dict) and data.get("status") in ("running", "stopped"):
-                    # its live step count died with the server: count its journaled steps
+                steps, row = 0, None
+                if isinstance(data, dict) and data.get("status") in ACTIVE:
+                    row = store.process(data["pid"])
+                    # its live step count died with its server: count its journaled steps
                     steps = len(llm_steps((r.op, r.result) for r in store.journal(data["pid"])))
-                out.append((data, steps))
+                out.append((data, steps, row))
             return out
 
-        for data, steps in await store.read(load):
+        for data, steps, row in await store.read(load):
             if not isinstance(data, dict):
                 continue
             record = AgentRecord.from_json(data)
-            if record.status in ("running", "stopped"):
-                # The server went away while it ran: the kernel marked its row interrupted.
-                record.status = "interrupted"
-                record.reason = INTERRUPTED.to_json()
+            if record.status in ACTIVE:
                 record.steps = max(record.steps, steps)
-                if record.pid not in interrupted:
-                    log.info("agent %d had no live row; marking it interrupted", record.pid)
-                self._persist(record)
+                if row is not None and row.ended is None:
+                    # Still running under another live yool on this YOOL_HOME: leave it be.
+                    record.status = "elsewhere"
+                else:
+                    # Its server went away while it ran (the kernel marked its row).
+                    record.status = "interrupted"
+                    record.reason = INTERRUPTED.to_json()
+                    self._persist(record)
             self.agents[record.pid] = record
 
     def _observe(self, ev: Event) -> None:

@@ -37,7 +37,7 @@ from yool.tools.agents import (
     status_of,
 )
 from yool.tools.introspection import COMPACT
-from yool.tools.session import AgentRecord, Session
+from yool.tools.session import ACTIVE, AgentRecord, Session
 from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
 from yool.userland.agents.react import react_agent
@@ -314,6 +314,6 @@ async def fanout(call: Call, args: FanoutArgs) -> Fanout:
 def _kill(session: Session, records: Iterable[AgentRecord]) -> None:
     """Kill every agent of `records` still running: a cancelled fan-out leaves none behind."""
     for record in list(records):
-        if record.ref is not None and record.status in ("running", "stopped"):
+        if record.ref is not None and record.status in ACTIVE:
             with contextlib.suppress(KernelError):
                 session.sys.kill(record.ref)
