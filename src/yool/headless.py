@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from yool.kernel.store import EventRow
 from yool.policy import RuntimePolicy
 from yool.tools import OPERATIONS, Call, Session, load_all
-from yool.watch import EventRow, render
+from yool.watch import render
 
 WAIT_SLICE_S = 3600.0  # the longest one `wait` call may block (its own limit)
 GRACE_S = 5.0  # past a --timeout, for the kernel's deadline kill to land

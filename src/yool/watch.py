@@ -13,12 +13,12 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 from yool.kernel.boots import boot_alive
+from yool.kernel.store import EventRow
 
 AGENTS_NS = "agents"  # the kv namespace `yool.tools.session` keeps agent records in
 LIVE = ("running", "stopped")
@@ -214,24 +214,6 @@ def ps(path: Path, *, everything: bool, as_json: bool, out: TextIO) -> None:
 
 
 # -- trace --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EventRow:
-    seq: int
-    ts: float
-    kind: str
-    pid: int | None
-    data: dict[str, Any] | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "kind": self.kind,
-            "pid": self.pid,
-            **(self.data or {}),
-        }
 
 
 def _event(row: tuple[Any, ...]) -> EventRow:

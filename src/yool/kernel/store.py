@@ -66,6 +66,15 @@ class EventRow:
     pid: int | None
     data: dict[str, Any] | None
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "ts": self.ts,
+            "kind": self.kind,
+            "pid": self.pid,
+            **(self.data or {}),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class JournalRow:
