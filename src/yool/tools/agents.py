@@ -8,14 +8,16 @@ a budget carved from the session's, and sends its `AgentResult` to the session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from yool.kernel import Budget, ExitReason, KernelError
-from yool.tools.session import UNFINISHED, AgentRecord, Session
+from yool.tools.session import ACTIVE, UNFINISHED, AgentRecord, Session
 from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
 from yool.userland.agents.spec import HARD_MAX_STEPS
@@ -184,6 +186,31 @@ def start_agent(
             ref=child.ref,
         )
     )
+
+
+async def run_agent(
+    session: Session, args: SpawnArgs, *, origin: dict[str, Any] | None = None
+) -> AgentRecord:
+    """Start one agent and wait for it to end: the way yool's own work (distilling lessons,
+    forging and scoring prompts) runs on an LLM, visible in `ps` and `trace` like any agent
+    and paid from the session's budget. Cancelling the wait kills the agent."""
+    await session.warm(args.provider)
+    record = start_agent(session, args, origin=origin)
+    try:
+        if record.done is not None:
+            await asyncio.shield(record.done)
+    except BaseException:
+        kill_all(session, [record])
+        raise
+    return session.record(record.pid)
+
+
+def kill_all(session: Session, records: Iterable[AgentRecord]) -> None:
+    """Kill every agent of `records` still running: a cancelled caller leaves none behind."""
+    for record in list(records):
+        if record.ref is not None and record.status in ACTIVE:
+            with contextlib.suppress(KernelError):
+                session.sys.kill(record.ref)
 
 
 def _title(task: str) -> str:

@@ -15,9 +15,8 @@ have ended, sending progress; if the caller cancels, every agent it started is k
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -33,11 +32,12 @@ from yool.tools.agents import (
     agent_spec,
     budget_of,
     grant,
+    kill_all,
     start_agent,
     status_of,
 )
 from yool.tools.introspection import COMPACT
-from yool.tools.session import ACTIVE, AgentRecord, Session
+from yool.tools.session import AgentRecord, Session
 from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
 from yool.userland.agents.react import react_agent
@@ -285,7 +285,7 @@ async def fanout(call: Call, args: FanoutArgs) -> Fanout:
                 n_ended = len(specs) - len(pending)
                 await call.progress(n_ended, len(specs), f"{n_ended}/{len(specs)} tasks ended")
     except BaseException:
-        _kill(session, records.values())
+        kill_all(session, records.values())
         raise
     finally:
         for task in runners:
@@ -309,11 +309,3 @@ async def fanout(call: Call, args: FanoutArgs) -> Fanout:
         completed=sum(1 for it in items if it["result"] == "completed"),
         items=items,
     )
-
-
-def _kill(session: Session, records: Iterable[AgentRecord]) -> None:
-    """Kill every agent of `records` still running: a cancelled fan-out leaves none behind."""
-    for record in list(records):
-        if record.ref is not None and record.status in ACTIVE:
-            with contextlib.suppress(KernelError):
-                session.sys.kill(record.ref)
