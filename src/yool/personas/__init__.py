@@ -1,0 +1,1 @@
+"""Personas: named system prompts (the registry), prompt forging, and prompt evolution."""
