@@ -34,6 +34,7 @@ from yool.kernel import INIT, INTERRUPTED, Budget, Down, ExitReason, Kernel, Mes
 from yool.kernel.accounts import Account
 from yool.kernel.events import Event
 from yool.kernel.store import ProcessRow, Store
+from yool.personas.registry import PersonaRegistry
 from yool.policy import RuntimePolicy
 from yool.tools.host import HostRequests
 from yool.tools.table import OpError
@@ -147,7 +148,7 @@ class Session:
         self.workspace = workspace
         self.environ = environ
         self.agents: dict[int, AgentRecord] = {}
-        self.personas: dict[str, str] = {}  # name -> system prompt
+        self.personas = PersonaRegistry(workspace, kernel.store)
         self.sampling = SamplingProvider(None, configured=configured_providers(environ))
         self.host = HostRequests()  # sampling requests for clients answered between calls
         self._llm_devices: dict[str, str] = {}
@@ -196,6 +197,7 @@ class Session:
         self._sys = k.procs[child.pid].sys
         k.events.sinks.append(self._observe)
         await self._load_records()
+        await self.personas.load()
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):
@@ -328,12 +330,8 @@ class Session:
         }
 
     def persona_prompt(self, name: str) -> str:
-        """The system prompt of persona `name`."""
-        prompt = self.personas.get(name)
-        if prompt is None:
-            known = ", ".join(sorted(self.personas)) or "none"
-            raise OpError(f"persona: no persona named {name!r} (known: {known})")
-        return prompt
+        """The system prompt of persona `name` (OpError naming the known ones if none)."""
+        return self.personas.get(name).prompt
 
     def _persist(self, record: AgentRecord) -> None:
         store = self.kernel.store
