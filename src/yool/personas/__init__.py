@@ -2,7 +2,8 @@
 
 `registry` reads them from the workspace (`.yool/personas`, Claude Code's `.claude/agents`),
 the store and the built-ins shipped in `builtin/`; `forge` writes and refines prompts with
-an LLM. Only the registry is imported here: `forge` runs agents, so it imports the tools.
+an LLM; `evolve` improves them by tournament. Only the registry is imported here: the others
+run agents, so they import the tools (which import the registry).
 """
 
 from yool.personas.registry import Persona, PersonaFileError, PersonaRegistry

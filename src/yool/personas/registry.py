@@ -53,7 +53,7 @@ PERSONAS_NS = "personas"  # store kv namespace of saved personas, keyed by name
 PRECEDENCE = ("workspace", "claude", "saved", "builtin")
 WORKSPACE_DIRS = (("workspace", Path(".yool/personas")), ("claude", Path(".claude/agents")))
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-MAX_PROMPT_CHARS = 100_000  # what spawn accepts as a system prompt
+MAX_PROMPT_CHARS = 64_000  # spawn takes 100,000: room for the lessons a hire adds
 MAX_FILE_BYTES = 256 * 1024
 MAX_FILES = 500  # per directory; the rest are skipped with a warning
 GROUPS = ("files", "kv", "delegate")  # yool's tool groups, in the order they are listed
@@ -110,6 +110,7 @@ class Persona:
             "domain": self.domain,
             "tools": list(self.tools),
             "writes": self.writes,
+            "unavailable": list(self.unavailable),
             "model": self.model,
         }
 
@@ -270,6 +271,7 @@ def persona_from_json(data: Any) -> Persona:
             model=model if isinstance(model, str) and model else None,
             source="saved",
             writes=bool(data.get("writes")) and "files" in tools,
+            unavailable=tuple(str(t) for t in data.get("unavailable", ())),
         )
     except (KeyError, TypeError) as e:
         raise PersonaFileError(f"the record is incomplete ({e})") from None

@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 from yool import __version__
 from yool.kernel import KernelError
 from yool.policy import RuntimePolicy
+from yool.server.prompts import add_prompts
 from yool.server.resources import add_resources
 from yool.server.sampling import ask_host, note_client, take_answers
 from yool.server.schema import compact_schema, nulls_optional, shallow
@@ -148,6 +149,7 @@ def build(
     )
     _add_logging(server)
     add_resources(server, holder)
+    add_prompts(server, holder)
     server.holder = holder  # type: ignore[attr-defined]
     return server
 
