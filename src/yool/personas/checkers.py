@@ -86,7 +86,7 @@ def make_checker(kind: str, want: str | Mapping[str, Any], *, ignore_case: bool 
     if len(want) > MAX_WANT_CHARS:
         raise CheckerError(f"{len(want)} chars; at most {MAX_WANT_CHARS}")
     if not want.strip():
-        raise CheckerError(f"empty; a {kind} check needs the text it looks for")
+        raise CheckerError(f"empty; {kind} needs the text it looks for")
     if kind == "regex":
         try:
             pattern = re.compile(want, re.IGNORECASE if ignore_case else 0)
