@@ -149,8 +149,9 @@ def test_the_variant_that_truly_scores_better_wins_and_progress_comes_per_candid
             # the spend is every agent's, and every agent of the run has ended
             runs = [a for a in s.agents.values() if (a.origin or {}).get("evolve") == r.run_id]
             assert len(runs) == 4 * 4 == fake.count()
-            assert r.tokens == sum(a.tokens for a in runs) > 0
-            assert math.isclose(r.usd, sum(a.usd for a in runs), abs_tol=1e-6) and r.usd > 0
+            assert r.spend["tokens"] == sum(a.tokens for a in runs) > 0
+            assert math.isclose(r.spend["usd"], sum(a.usd for a in runs), abs_tol=1e-6)
+            assert r.spend["usd"] > 0
             assert not _live(s)
             # one "scored" notification per candidate, values only growing, toward the plan
             scored = [m for _, _, m in notes if m.startswith("scored #")]
@@ -205,7 +206,7 @@ def test_a_budget_cap_stops_evolution_before_a_step_it_cannot_afford_with_the_sp
             )
             assert r.stop == "budget"
             assert "scoring candidate #2 needs up to" in r.why and "700 are left" in r.why
-            assert r.tokens == 1300 <= 2000 and fake.count() == 2
+            assert r.spend["tokens"] == 1300 <= 2000 and fake.count() == 2
             assert [c["score"] is not None for c in r.candidates] == [True, True, False]
             assert r.replaced and r.winner == GOOD  # what was scored still counts
             assert not _live(s)
@@ -231,7 +232,7 @@ def test_a_budget_too_small_for_the_baseline_starts_nothing_and_keeps_it(tmp_pat
             assert r.stop == "budget" and "scoring candidate #0" in r.why
             assert fake.count() == 0 and not s.agents
             assert not r.replaced and r.winner == BASE and r.baseline_score is None
-            assert (r.tokens, r.usd) == (0, 0.0)
+            assert r.spend == {"tokens": 0, "usd": 0.0}
             # the same with dollars: ~1,070 tokens of claude-sonnet-4-5 cost ~$0.015
             r = await _evolve(
                 s, prompt=BASE, evals=EVALS, variants=[GOOD], budget_tokens=None, budget_usd=0.01
@@ -278,7 +279,7 @@ def test_a_run_that_outspends_its_share_leaves_its_candidate_unscored_and_no_age
             assert not r.replaced and r.winner == BASE
             assert not _live(s)
             runs = [a for a in s.agents.values() if (a.origin or {}).get("evolve") == r.run_id]
-            assert r.tokens == sum(a.tokens for a in runs)
+            assert r.spend["tokens"] == sum(a.tokens for a in runs)
             assert fake.count() >= 3  # two baseline runs and at least one EMPTY one
             assert s.kernel.store is not None
             record = await load_run(s.kernel.store, r.run_id)
@@ -448,7 +449,7 @@ def test_lineage_and_scores_persist_and_read_back_after_a_restart(tmp_path: Path
                 assert record["status"] == "ended" and record["stop"] == "done"
                 assert record["winner"] == 2 and record["replaced"] is True
                 assert record["base"] == BASE and record["generations"] == 1
-                assert record["tokens"] == r.tokens
+                assert record["tokens"] == r.spend["tokens"]
                 assert record["evals"][0] == {"task": EVALS[0]["task"], "check": "exactly '42'"}
                 kids = lineage(record)
                 again = [(c.id, c.origin, c.parent, c.generation, c.score) for c in kids]

@@ -86,7 +86,7 @@ def test_prompt_evolve_over_stdio_reports_progress_per_candidate_and_its_lineage
                 ("mutation", 0, 1, 2),
             ]
             assert out["winner_score"] > out["baseline_score"] + 900
-            assert out["tokens"] > 0 and out["usd"] > 0
+            assert out["spend"]["tokens"] > 0 and out["spend"]["usd"] > 0
 
             bad = dict(args, evals=[{"task": "t", "check": "regex", "want": "(("}])
             refused = await client.call_tool("prompt_evolve", bad)

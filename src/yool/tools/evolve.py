@@ -53,9 +53,8 @@ class Evolved(Result):
     baseline_score: float | None
     winner_score: float | None
     candidates: list[dict[str, Any]]  # id, origin, parent, gen, score, correct
-    tokens: int
-    usd: float
-    generations: int
+    spend: dict[str, int | float]  # tokens, usd
+    generations: int  # rounds of mutation completed
     stop: str  # done | budget
     why: str
 
@@ -132,8 +131,7 @@ def _result(outcome: Outcome) -> Evolved:
             }
             for c in outcome.candidates
         ],
-        tokens=outcome.tokens,
-        usd=outcome.usd,
+        spend={"tokens": outcome.tokens, "usd": outcome.usd},
         generations=outcome.generations,
         stop=outcome.stop,
         why=outcome.why,
