@@ -176,8 +176,15 @@ def test_when_no_variant_scores_better_the_baseline_is_kept_and_the_result_says_
             r = await _evolve(s, prompt=BASE, evals=EVALS, variants=["Be terse.", "Be kind."])
             assert not r.replaced and r.winner == BASE and r.winner_score == r.baseline_score
             assert r.stop == "done"
-            assert "the baseline is kept" in r.why
+            # the short variants are a little cheaper, but not by the margin
+            assert "did not beat the baseline" in r.why and "the baseline is kept" in r.why
             assert all(c["correct"] == 0 for c in r.candidates)
+            # a variant no better in any way: the baseline stays the best outright
+            longer = BASE + " Take great care over every word of every answer you write."
+            r = await _evolve(s, prompt=BASE, evals=EVALS, variants=[longer], margin=0)
+            assert not r.replaced and r.winner == BASE
+            assert r.candidates[1]["score"] < r.baseline_score
+            assert "no candidate scored above the baseline: the baseline is kept" in r.why
 
     asyncio.run(main())
 
@@ -540,8 +547,12 @@ def test_a_workspace_persona_file_that_still_wins_is_reported_not_claimed_saved(
         ({"budget_tokens": 0}, "budget_tokens: must be > 0"),
         ({"variants": []}, "generations: give variants and/or generations >= 1"),
         ({"variants": ["  "]}, "variants[0]: empty"),
-        ({"generations": -1}, "generations: must be >= 0"),
-        ({"generations": 1, "population": 0}, "population: must be >= 1"),
+        ({"generations": -1}, "generations: must be 0..20, got -1"),
+        ({"generations": 21}, "generations: must be 0..20, got 21"),
+        ({"generations": 1, "population": 0}, "population: must be 1..8, got 0"),
+        ({"variants": ["v"] * 17}, "variants: 17 given; at most 16"),
+        ({"evals": [{"task": "t" * 100_001, "want": "x"}]}, "evals[0].task: longer than"),
+        ({"evals": [{"task": "t", "want": "x"}] * 101}, "evals: 101 items; at most 100"),
         ({"margin": -1}, "margin: must be >= 0"),
         ({"persona": "reviewer"}, "prompt: give exactly one of prompt"),
         ({"prompt": None}, "prompt: give exactly one of prompt"),

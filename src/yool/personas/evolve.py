@@ -55,6 +55,10 @@ EVOLUTION_NS = "evolution"  # store kv namespace: one record per run id
 RUN_MAX_STEPS = 4  # a scoring run has no tools: one step, a few more if it answers empty
 RUN_DEADLINE_S = 600.0  # a hung provider call fails the run instead of hanging evolution
 MAX_PROMPT_CHARS = MAX_TASK_CHARS
+MAX_EVALS = 100
+MAX_VARIANTS = 16
+MAX_GENERATIONS = 20
+MAX_POPULATION = 8
 MAX_FAILURES_SHOWN = 5  # failed eval items shown to the mutator
 MAX_TRIED_SHOWN = 6  # earlier prompts shown to the mutator, so it does not repeat them
 SHOWN_CHARS = 400  # of each task, answer and earlier prompt in the mutator's brief
@@ -132,11 +136,17 @@ class Plan:
     def validate(self) -> None:
         if not self.base.strip():
             raise OpError("prompt: the base prompt is empty")
+        if len(self.base) > MAX_PROMPT_CHARS:
+            raise OpError(f"prompt: longer than {MAX_PROMPT_CHARS} chars")
         if not self.cases:
             raise OpError("evals: the eval set is empty; give at least one {task, check, want}")
+        if len(self.cases) > MAX_EVALS:
+            raise OpError(f"evals: {len(self.cases)} items; at most {MAX_EVALS}")
         for i, case in enumerate(self.cases):
             if not case.task.strip():
                 raise OpError(f"evals[{i}].task: empty")
+            if len(case.task) > MAX_TASK_CHARS:
+                raise OpError(f"evals[{i}].task: longer than {MAX_TASK_CHARS} chars")
         if self.budget_tokens is None and self.budget_usd is None:
             raise OpError(
                 "budget_tokens: evolution needs a budget (budget_tokens and/or budget_usd)"
@@ -149,10 +159,12 @@ class Plan:
             raise OpError(f"budget_usd: must be > 0, got {self.budget_usd}")
         if not self.variants and self.generations <= 0:
             raise OpError("generations: give variants and/or generations >= 1 to evolve")
-        if self.generations < 0:
-            raise OpError(f"generations: must be >= 0, got {self.generations}")
-        if self.population < 1:
-            raise OpError(f"population: must be >= 1, got {self.population}")
+        if not 0 <= self.generations <= MAX_GENERATIONS:
+            raise OpError(f"generations: must be 0..{MAX_GENERATIONS}, got {self.generations}")
+        if not 1 <= self.population <= MAX_POPULATION:
+            raise OpError(f"population: must be 1..{MAX_POPULATION}, got {self.population}")
+        if len(self.variants) > MAX_VARIANTS:
+            raise OpError(f"variants: {len(self.variants)} given; at most {MAX_VARIANTS}")
         for i, v in enumerate(self.variants):
             if not v.strip():
                 raise OpError(f"variants[{i}]: empty")
@@ -330,7 +342,9 @@ class Evolution:
             and best.score is not None
             and best.score > baseline.score + self.plan.margin
         )
-        if best is not None and best is not baseline and not replaced:
+        if best is baseline:
+            why += "; no candidate scored above the baseline: the baseline is kept"
+        elif best is not None and not replaced:
             why += (
                 f"; the best candidate #{best.id} ({best.score:.2f}) did not beat the baseline "
                 f"({baseline.score:.2f}) by the margin {self.plan.margin}: the baseline is kept"
@@ -660,7 +674,9 @@ async def evolve(
     adopt: Adopt | None = None,
     run_id: str | None = None,
 ) -> Outcome:
-    """Run one evolution (see the module docstring)."""
+    """Run one evolution (see the module docstring); bad input is refused before anything
+    (even the provider's SDK import) happens."""
+    plan.validate()
     await session.warm(plan.provider)
     return await Evolution(session, plan, run_id=run_id, progress=progress, adopt=adopt).run()
 
