@@ -209,7 +209,7 @@ async def persona_save(call: Call, args: SaveArgs) -> Saved:
     tools, writes, unknown = map_tools(args.tools)
     if unknown:
         raise OpError(
-            f"tools: unknown {unknown}; use files, write, kv, delegate (or Claude Code's "
+            f"tools: unknown {list(unknown)}; use files, write, kv, delegate (or Claude Code's "
             "Read, Grep, Glob, LS, Write, Edit, MultiEdit, Task)"
         )
     persona = Persona(
