@@ -504,13 +504,13 @@ def test_a_persona_beaten_by_the_margin_gets_the_winner_as_its_saved_prompt(
     asyncio.run(main())
 
 
-def test_a_workspace_persona_file_that_still_wins_is_reported_not_claimed_saved(
+def test_a_persona_is_evolved_on_its_model_and_a_workspace_file_that_still_wins_is_reported(
     tmp_path: Path,
 ) -> None:
     ws = _workspace(tmp_path)
     (ws / ".yool" / "personas").mkdir(parents=True)
     (ws / ".yool" / "personas" / "solver.md").write_text(
-        "---\nname: solver\ndescription: solves\n---\nYou solve things.\n"
+        "---\nname: solver\ndescription: solves\nmodel: haiku\n---\nYou solve things.\n"
     )
 
     async def main() -> None:
@@ -522,6 +522,8 @@ def test_a_workspace_persona_file_that_still_wins_is_reported_not_claimed_saved(
             assert r.replaced and not r.saved
             assert "takes precedence" in r.why and ".yool/personas/solver.md" in r.why
             assert s.personas.get("solver").prompt.strip() == "You solve things."
+            # the persona's candidates ran on the persona's model
+            assert {q.body["model"] for q in fake.requests} == {"claude-haiku-4-5"}
 
     asyncio.run(main())
 

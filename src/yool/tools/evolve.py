@@ -15,6 +15,7 @@ from pydantic import Field
 
 from yool.personas.checkers import CheckerError, CheckKind, make_checkers
 from yool.personas.evolve import EvalCase, Outcome, Plan, Weights, evolve
+from yool.personas.registry import resolve_model
 from yool.tools.introspection import COMPACT
 from yool.tools.session import Session
 from yool.tools.table import Args, Call, OpError, Result, operation
@@ -63,7 +64,7 @@ class Evolved(Result):
 async def prompt_evolve(call: Call, args: EvolveArgs) -> Evolved:
     """Evolve a prompt or persona on evals in a budget: generations x population LLM rewrites."""
     session = call.session
-    base, persona = _base(session, args)
+    base, persona, model = _base(session, args)
     try:
         checkers = make_checkers((e.check, e.want, e.nocase) for e in args.evals)
     except CheckerError as e:
@@ -80,7 +81,7 @@ async def prompt_evolve(call: Call, args: EvolveArgs) -> Evolved:
         weights=Weights.of(args.weights),
         persona=persona,
         provider=args.provider,
-        model=args.model,
+        model=model,
     )
 
     async def adopt(prompt: str) -> None:
@@ -103,13 +104,16 @@ async def adopt_prompt(session: Session, name: str, prompt: str) -> None:
         )
 
 
-def _base(session: Session, args: EvolveArgs) -> tuple[str, str | None]:
+def _base(session: Session, args: EvolveArgs) -> tuple[str, str | None, str | None]:
+    """(base prompt, persona name, model): a persona is evolved on the model it runs on."""
     if (args.prompt is None) == (args.persona is None):
         raise OpError("prompt: give exactly one of prompt (the base text) or persona (a name)")
-    if args.persona is not None:
-        return session.personas.get(args.persona).prompt, args.persona
-    assert args.prompt is not None
-    return args.prompt, None
+    if args.persona is None:
+        assert args.prompt is not None
+        return args.prompt, None, args.model
+    persona = session.personas.get(args.persona)
+    provider = (args.provider or session.policy.provider).strip().lower()
+    return persona.prompt, persona.name, args.model or resolve_model(persona.model, provider)
 
 
 def _result(outcome: Outcome) -> Evolved:
