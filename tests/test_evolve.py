@@ -227,6 +227,31 @@ def test_a_budget_cap_stops_evolution_before_a_step_it_cannot_afford_with_the_sp
     asyncio.run(main())
 
 
+def test_the_sessions_own_budget_caps_evolution_too(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with (
+            FakeProvider(solver(usage=lambda _s: (600, 50))) as fake,
+            Session.open(
+                _policy(tmp_path, budget_tokens=2500),
+                workspace=_workspace(tmp_path),
+                environ=_env(fake),
+            ) as s,
+        ):
+            r = await _evolve(
+                s,
+                prompt=BASE,
+                evals=EVALS[:1],
+                variants=["v1", "v2", "v3"],
+                budget_tokens=1_000_000,
+            )
+            assert r.stop == "budget" and "candidate #3 needs up to" in r.why
+            assert "550 are left" in r.why
+            assert r.spend["tokens"] == 3 * 650 == s.usage()["tokens"]
+            assert not _live(s)
+
+    asyncio.run(main())
+
+
 def test_a_budget_too_small_for_the_baseline_starts_nothing_and_keeps_it(tmp_path: Path) -> None:
     async def main() -> None:
         async with (
