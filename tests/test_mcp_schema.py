@@ -29,7 +29,7 @@ def test_nullable_properties_stop_being_required_and_the_rest_stay_required() ->
     assert "required" not in nulls_optional(only_nulls)
 
 
-def test_a_shallow_schema_types_top_level_fields_and_stops_at_arrays_of_objects() -> None:
+def test_a_shallow_schema_types_top_level_fields_and_stops_at_arrays_of_rows() -> None:
     row = {"type": "object", "properties": {"pid": {"type": "integer"}}, "required": ["pid"]}
     schema = {
         "type": "object",
@@ -37,16 +37,14 @@ def test_a_shallow_schema_types_top_level_fields_and_stops_at_arrays_of_objects(
             "agents": {"type": "array", "items": row, "description": "rows"},
             "session": {**row, "additionalProperties": False},
             "done": {"type": "boolean"},
+            "pids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
         },
         "required": ["agents", "done"],
     }
     out = shallow(schema)
     assert out["required"] == ["agents", "done"]
-    assert out["properties"]["agents"] == {
-        "type": "array",
-        "items": {"type": "object"},
-        "description": "rows",
-    }
+    assert out["properties"]["agents"] == {"type": "array", "description": "rows"}
+    assert out["properties"]["pids"] == {"type": "array", "items": {"type": "integer"}}
     assert out["properties"]["session"] == {"type": "object"}
     assert out["properties"]["done"] == {"type": "boolean"}
 

@@ -296,6 +296,9 @@ class RuntimePolicy(BaseSettings):
     tools: Annotated[frozenset[str], NoDecode] = _knob(
         TOOL_GROUPS, "TOOLS", "tool groups switched on"
     )
+    fast_lane: bool = _knob(
+        True, "FAST_LANE", "answer read-only MCP calls on stdio without the SDK's dispatch"
+    )
 
     _env_used: Mapping[str, str] = PrivateAttr(default_factory=dict)
 
@@ -488,6 +491,8 @@ def _accepted(info: FieldInfo) -> str:
     nullable = type(None) in get_args(annotation)
     if nullable:
         annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if annotation is bool:
+        return "true or false (also 1/0, yes/no, on/off)"
     if annotation is int or annotation is float:
         text = "an integer" if annotation is int else "a number"
         text += _bounds(info)

@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 from yool import __version__
 from yool.kernel import KernelError
 from yool.policy import RuntimePolicy
+from yool.server.fastlane import FastLane, fast_operations
 from yool.server.prompts import add_prompts
 from yool.server.resources import add_resources
 from yool.server.sampling import ask_host, note_client, take_answers
@@ -82,6 +83,17 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     )
 
 
+def failure_message(e: Exception) -> str | None:
+    """What the caller is told of a failed operation; None for a crash (not the caller's)."""
+    if isinstance(e, OpError):
+        return str(e)
+    if isinstance(e, KernelError):
+        return f"{type(e).__name__}: {e}"
+    if isinstance(e, ValueError):  # a model validator's message names its field
+        return str(e)
+    return None
+
+
 def tool_function(op: Operation[Any, Any], holder: Holder) -> Callable[..., Awaitable[Any]]:
     """The MCP tool for `op`: flat keyword parameters in, the result model out."""
 
@@ -97,15 +109,12 @@ def tool_function(op: Operation[Any, Any], holder: Holder) -> Callable[..., Awai
         call = Call(session, progress, "mcp", pull=pull, extra={"context": ctx})
         try:
             result = await op(call, kwargs)
-            if pull:
-                return ask_host(ctx, session, result)
-            return result
-        except OpError as e:
-            raise ToolError(str(e)) from None
-        except KernelError as e:
-            raise ToolError(f"{type(e).__name__}: {e}") from None
-        except ValueError as e:  # a model validator's message names its field
-            raise ToolError(str(e)) from None
+        except Exception as e:
+            message = failure_message(e)
+            if message is None:
+                raise  # a crash: the SDK logs it and tells the client only the tool's name
+            raise ToolError(message) from None
+        return ask_host(ctx, session, result) if pull else result
 
     params = [_parameter(name, info) for name, info in op.input.model_fields.items()]
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
@@ -139,18 +148,20 @@ def build(
             finally:
                 holder.session = None
 
-    server: MCPServer[Any] = YoolMCPServer(
+    operations = enabled(policy.tools)
+    server = YoolMCPServer(
         "yool",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level="WARNING",
-        tools=[make_tool(op, holder) for op in enabled(policy.tools)],
+        tools=[make_tool(op, holder) for op in operations],
     )
+    server.fast = fast_operations(operations) if policy.fast_lane else {}
     _add_logging(server)
     add_resources(server, holder)
     add_prompts(server, holder)
-    server.holder = holder  # type: ignore[attr-defined]
+    server.holder = holder
     return server
 
 
@@ -181,9 +192,9 @@ def make_tool(op: Operation[Any, Any], holder: Holder) -> Tool:
         tool_function(op, holder),
         name=op.name,
         description=op.description,
-        annotations=types.ToolAnnotations(
-            read_only_hint=op.read_only, destructive_hint=False if op.read_only else None
-        ),
+        # Only what differs from the spec's defaults (not read-only): every byte of tools/list
+        # sits in the model's context.
+        annotations=types.ToolAnnotations(read_only_hint=True) if op.read_only else None,
         structured_output=True,
     )
     meta = tool.fn_metadata
@@ -226,9 +237,17 @@ def _structured(
 
 
 class YoolMCPServer(MCPServer[Any]):
-    """`MCPServer` whose stdio transport is `stdio_streams`."""
+    """`MCPServer` whose stdio transport is `stdio_streams`, with the fast lane in front."""
+
+    fast: dict[str, Operation[Any, Any]] = {}  # noqa: RUF012 (set per server by `build`)
+    holder: Holder = Holder()
 
     async def run_stdio_async(self) -> None:
         low = self._lowlevel_server
-        async with stdio_streams() as (read_stream, write_stream):
+        holder = self.holder
+        lane = None
+        if self.fast:
+            stamp = low.server_info_stamp
+            lane = FastLane(self.fast, lambda: holder.session, stamp, failure_message)
+        async with stdio_streams(lane) as (read_stream, write_stream):
             await low.run(read_stream, write_stream, low.create_initialization_options())

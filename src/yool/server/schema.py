@@ -110,7 +110,7 @@ def shallow(schema: dict[str, Any]) -> dict[str, Any]:
     Clients put every output schema in the model's context and validate each result against
     it; a list of agent rows spelled out field by field costs both on every call. The rows
     are still what the result model says (the text block is the same JSON); the published
-    schema just stops at "an array of objects".
+    schema just stops at "an array".
     """
     props = schema.get("properties")
     if not isinstance(props, dict):
@@ -126,8 +126,11 @@ def _outline(prop: Any) -> Any:
     kinds = kind if isinstance(kind, list) else [kind]
     if "object" in kinds:
         out.pop("additionalProperties", None)
-    if "array" in kinds and isinstance(prop.get("items"), dict):
-        item = prop["items"]
+    item = prop.get("items")
+    if "array" in kinds and isinstance(item, dict):
+        # An array of rows is just "an array": the rows are the result model's (and the text
+        # block's), and the client need not check each one. Plain items keep their type.
         item_kind = item.get("type")
-        out["items"] = {"type": item_kind} if item_kind is not None else {}
+        if isinstance(item_kind, str) and item_kind not in ("object", "array"):
+            out["items"] = {"type": item_kind}
     return out

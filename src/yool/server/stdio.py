@@ -25,13 +25,16 @@ import mcp_types as types
 from mcp.server.stdio import stdio_server
 from pydantic import ValidationError
 
+from yool.server.fastlane import FastLane
+
 MAX_LINE = 32 * 1024 * 1024  # bytes in one JSON-RPC line; a longer one is refused
 PARSE_ERROR, INVALID_REQUEST = -32700, -32600
 
 
 @contextlib.asynccontextmanager
-async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
-    """The SDK's stdio read/write streams, served over asyncio pipes (see above)."""
+async def stdio_streams(lane: FastLane | None = None) -> AsyncIterator[tuple[Any, Any]]:
+    """The SDK's stdio read/write streams, served over asyncio pipes (see above); `lane`
+    sees every line first and answers those it takes (`yool.server.fastlane`)."""
     loop = asyncio.get_running_loop()
     wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
@@ -58,7 +61,8 @@ async def stdio_streams() -> AsyncIterator[tuple[Any, Any]]:
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     saved = _divert_std_fds()
     try:
-        async with stdio_server(_LineReader(reader, writer), _LineWriter(writer)) as streams:  # type: ignore[arg-type]
+        lines = _LineReader(reader, writer, lane)
+        async with stdio_server(lines, _LineWriter(writer)) as streams:  # type: ignore[arg-type]
             yield streams
     finally:
         _restore_std_fds(saved)
@@ -103,9 +107,15 @@ class _LineWriter:
 class _LineReader:
     """The read half: yields JSON-RPC message lines, answers every other line itself."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        lane: FastLane | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._lane = lane
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._lines()
@@ -117,6 +127,8 @@ class _LineReader:
             except asyncio.IncompleteReadError as e:
                 raw = e.partial  # the last line, without its newline
                 if not raw:
+                    if self._lane is not None:
+                        await self._lane.aclose()  # answer what it took before the end
                     return
             except asyncio.LimitOverrunError as e:
                 await self._skip_line(e.consumed)
@@ -125,11 +137,17 @@ class _LineReader:
             line = raw.decode("utf-8", "replace")
             if not line.strip():
                 continue
+            if self._lane is not None and self._lane.offer(line, self._send):
+                continue
             problem = _invalid(line)
             if problem is None:
                 yield line
             else:
                 self._refuse(*problem)
+
+    async def _send(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
 
     async def _skip_line(self, consumed: int) -> None:
         """Drop the rest of an over-long line."""
