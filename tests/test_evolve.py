@@ -392,6 +392,29 @@ def test_a_mutation_that_repeats_a_known_prompt_is_skipped_without_scoring(tmp_p
             assert s.kernel.store is not None
             record = await load_run(s.kernel.store, r.run_id)
             assert record is not None and record["skipped"] == 2
+            assert "2 variant(s) or rewrite(s) were empty or repeats" in r.why
+
+    asyncio.run(main())
+
+
+def test_a_failing_mutator_adds_no_candidate_and_the_result_names_its_exit(
+    tmp_path: Path,
+) -> None:
+    def refuse(rec: Recorded) -> Fault | None:
+        return Fault(status=400, message="bad request") if _is_mutator(rec) else None
+
+    async def main() -> None:
+        async with (
+            FakeProvider(solver(mutant=lambda _r: GOOD), fault_for=refuse) as fake,
+            Session.open(
+                _policy(tmp_path), workspace=_workspace(tmp_path), environ=_env(fake)
+            ) as s,
+        ):
+            r = await _evolve(s, prompt=BASE, evals=EVALS, generations=1, population=1)
+            assert [c["origin"] for c in r.candidates] == ["baseline"] and not r.replaced
+            assert r.stop == "done" and "mutator runs that failed: #" in r.why
+            assert "fault(" in r.why
+            assert not _live(s)
 
     asyncio.run(main())
 

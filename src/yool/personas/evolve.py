@@ -43,6 +43,7 @@ from typing import Any, Literal
 from yool.drivers.llm.driver import LLMDriver
 from yool.drivers.llm.factory import resolve_model
 from yool.drivers.llm.types import LLMRequest, Msg
+from yool.kernel import ExitReason
 from yool.kernel.context import estimate_tokens
 from yool.kernel.store import Store
 from yool.personas.checkers import Checker
@@ -265,7 +266,8 @@ class Evolution:
         self.adopt = adopt  # saves a winner that beat a persona's prompt
         self.candidates: list[Candidate] = []
         self.generations = 0
-        self.skipped = 0  # mutations that came back empty or repeated a known prompt
+        self.skipped = 0  # variants and rewrites that were empty or repeated a known prompt
+        self.failed: list[str] = []  # mutator agents that did not end normally: "#pid reason"
         self.started = time.time()
         self._done = 0.0  # the last progress value sent (it must only grow)
         self._max_run = _Need(0, 0.0)  # the most one scoring run has cost so far
@@ -306,6 +308,10 @@ class Evolution:
             self._persist("failed", f"{type(e).__name__}: {e}")
             raise
         await self._end_agents()
+        if self.skipped:
+            why += f"; {self.skipped} variant(s) or rewrite(s) were empty or repeats, not scored"
+        if self.failed:
+            why += f"; mutator runs that failed: {', '.join(self.failed[:3])}"
         outcome = self._outcome(stop, why)
         if outcome.replaced and plan.persona is not None and self.adopt is not None:
             try:
@@ -451,8 +457,11 @@ class Evolution:
         reason = _reason(record)
         if reason.startswith("quota"):
             raise _Unaffordable(f"the mutation of candidate #{parent.id} ended {reason}")
+        if reason != "normal":
+            self.failed.append(f"#{record.pid} {reason}")
+            return None
         text = _unwrap(record.answer or "")
-        if reason != "normal" or not text or len(text) > MAX_PROMPT_CHARS or self._known(text):
+        if not text or len(text) > MAX_PROMPT_CHARS or self._known(text):
             self.skipped += 1
             return None
         child = self._add(text, "mutation", parent.id, generation)
@@ -656,6 +665,7 @@ class Evolution:
             "candidates": [c.to_json() for c in self.candidates],
             "generations": self.generations,
             "skipped": self.skipped,
+            "failed": self.failed,
             "tokens": tokens,
             "usd": usd,
         }
@@ -698,15 +708,8 @@ def lineage(record: Mapping[str, Any]) -> list[Candidate]:
 
 
 def _reason(record: AgentRecord) -> str:
-    reason = record.reason
-    if reason is None:
-        return "unknown"
-    text = str(reason.get("kind", "unknown"))
-    if reason.get("detail") is not None:
-        text += f"({reason['detail']})"
-    elif reason.get("by") is not None:
-        text += f"(by={reason['by']})"
-    return text
+    """The agent's exit reason as text: normal, quota(tokens), fault(...), killed(by=1)."""
+    return "unknown" if record.reason is None else str(ExitReason.from_json(record.reason))
 
 
 def _clip(text: str, chars: int = SHOWN_CHARS) -> str:
