@@ -234,14 +234,13 @@ class SpecializeArgs(Args):
     goal: Goal = ""
     base: str | None = None
     k: Annotated[int, within(0, 30)] = 8
-    provider: str | None = None
 
 
-class Specialized(Saved):
+class Specialized(Result):
+    source: str  # saved, or the workspace file that shadows it (see persona_list)
     prompt: str
     lessons: list[int]  # ids of the lessons baked in
-    pid: int  # the agent that wrote the prompt
-    usd: float
+    pid: int  # the agent that wrote the prompt (its spend: ps)
 
 
 @operation("personas", blocking=True)
@@ -250,7 +249,7 @@ async def persona_specialize(call: Call, args: SpecializeArgs) -> Specialized:
     session = call.session
     name = _name(args.name)
     blank("domain", args.domain, "name the persona's domain, e.g. 'SQL migrations'")
-    no_host_model(call, args.provider)
+    no_host_model(call)
     base: Persona | None = None
     if args.base is not None:
         await session.personas.arefresh()
@@ -269,7 +268,6 @@ async def persona_specialize(call: Call, args: SpecializeArgs) -> Specialized:
             tools=[t for t in declared_tools(template) if t in (*GROUPS, "write")],
             lessons=[lesson.text for lesson in lessons],
             base=base.prompt if base else None,
-            provider=args.provider,
         ),
         f"forging persona {name}",
     )
@@ -286,9 +284,8 @@ async def persona_specialize(call: Call, args: SpecializeArgs) -> Specialized:
     )
     saved = await _store(session, persona, False)
     return Specialized(
-        **saved.model_dump(),
+        source=saved.source,
         prompt=forged.prompt,
         lessons=[lesson.id for lesson in lessons],
         pid=forged.pid,
-        usd=forged.usd,
     )

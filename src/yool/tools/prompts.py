@@ -84,20 +84,22 @@ async def with_heartbeat(call: Call, work: Awaitable[T], message: str) -> T:
             await asyncio.gather(task, return_exceptions=True)
 
 
-def no_host_model(call: Call, provider: str | None) -> None:
+def no_host_model(call: Call) -> None:
     """A blocking call cannot wait on the host's model in the stateless era: say so."""
-    if call.pull and (provider or call.session.policy.provider).strip().lower() == "sampling":
+    if call.pull and call.session.policy.provider == "sampling":
         raise OpError(
             "provider: writing a prompt on the host's model (sampling) needs the 2025-11-25 "
-            "protocol; in the 2026-07-28 era pick another provider"
+            "protocol; in the 2026-07-28 era set YOOL_PROVIDER to another provider"
         )
 
 
-class Written(Result):
+class Refined(Result):
     prompt: str
-    pid: int  # the agent that wrote it (see ps, trace)
-    lessons: list[int] = Field(default_factory=list)  # ids of the lessons baked in
-    usd: float
+    pid: int  # the agent that wrote it (its spend: ps, trace)
+
+
+class Written(Refined):
+    lessons: list[int]  # ids of the lessons baked in
 
 
 class ForgeArgs(Args):
@@ -105,14 +107,13 @@ class ForgeArgs(Args):
     goal: Goal = ""
     tools: Annotated[list[Annotated[str, capped(64)]], most(20)] = Field(default_factory=list)
     k: Annotated[int, within(0, 30)] = 8
-    provider: str | None = None
 
 
 @operation("prompts", blocking=True)
 async def prompt_forge(call: Call, args: ForgeArgs) -> Written:
-    """Write a system prompt for a domain, goal and tools, with k recalled lessons."""
+    """Write a system prompt for a domain, goal and tools, using k recalled lessons."""
     blank("domain", args.domain, "name the agent's domain, e.g. 'Python packaging'")
-    no_host_model(call, args.provider)
+    no_host_model(call)
     session = call.session
     lessons = await forge.relevant_lessons(session, f"{args.domain} {args.goal}", args.k)
     forged = await with_heartbeat(
@@ -123,34 +124,31 @@ async def prompt_forge(call: Call, args: ForgeArgs) -> Written:
             goal=args.goal,
             tools=args.tools,
             lessons=[lesson.text for lesson in lessons],
-            provider=args.provider,
         ),
         f"forging a prompt for {args.domain[:60]}",
     )
     ids = [lesson.id for lesson in lessons]
-    return Written(prompt=forged.prompt, pid=forged.pid, lessons=ids, usd=forged.usd)
+    return Written(prompt=forged.prompt, pid=forged.pid, lessons=ids)
 
 
 class RefineArgs(Args):
     prompt: Prompt
     feedback: Annotated[str, capped(MAX_FEEDBACK_CHARS)]
-    provider: str | None = None
 
 
 @operation("prompts", blocking=True)
-async def prompt_refine(call: Call, args: RefineArgs) -> Written:
+async def prompt_refine(call: Call, args: RefineArgs) -> Refined:
     """Improve a system prompt according to feedback."""
     blank("prompt", args.prompt, "give the prompt to improve")
     blank("feedback", args.feedback, "say what went wrong or what to change")
-    no_host_model(call, args.provider)
+    no_host_model(call)
     forged = await with_heartbeat(
         call,
         forge.refine(
             call.session,
             args.prompt,
             args.feedback,
-            provider=args.provider,
         ),
         "refining a prompt",
     )
-    return Written(prompt=forged.prompt, pid=forged.pid, usd=forged.usd)
+    return Refined(prompt=forged.prompt, pid=forged.pid)
