@@ -518,8 +518,13 @@ class PersonaRegistry:
             writes=persona.writes and "files" in persona.tools,
         )
         if self.store is not None:
-            self.store.kv_put(PERSONAS_NS, saved.name, {**saved.to_json(), "saved": time.time()})
-            await self.store.aflush()
+            record = {**saved.to_json(), "saved": time.time()}
+            self.store.kv_put(PERSONAS_NS, saved.name, record)
+            # Read back (after the queued writes, without taking others' failure reports).
+            if await self.store.akv_get(PERSONAS_NS, saved.name) != record:
+                raise _op_error(
+                    f"persona: {saved.name!r} could not be stored (see the server's log)"
+                )
         self._saved[saved.name] = saved
         return saved
 
