@@ -33,6 +33,7 @@ from typing import Any, Final, NamedTuple, Self, TypeVar
 from yool.kernel.boots import BootLock
 
 __all__ = [
+    "LESSONS_SCHEMA",
     "SCHEMA_VERSION",
     "EventRow",
     "JournalRow",
@@ -109,6 +110,37 @@ class SnapshotRow:
 
 # --- schema -------------------------------------------------------------------------
 
+# Long-term lessons (`yool.memory.lessons`): a row per lesson, unique per scope on its
+# normalised text, and an FTS5 index over the text kept in step by triggers (external
+# content: the text is stored once). Ids are never reused (AUTOINCREMENT), so a stale id
+# can't forget a newer lesson. Also applied on its own to an in-memory database.
+LESSONS_SCHEMA: Final[tuple[str, ...]] = (
+    """CREATE TABLE lessons (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        text TEXT NOT NULL,
+        norm TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        tags TEXT NOT NULL DEFAULT '[]',
+        uses INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        last_used REAL,
+        source TEXT
+    )""",
+    "CREATE UNIQUE INDEX lessons_by_norm ON lessons (norm, scope)",
+    "CREATE VIRTUAL TABLE lessons_fts USING fts5(text, content='lessons', content_rowid='id',"
+    " tokenize='porter unicode61 remove_diacritics 2')",
+    """CREATE TRIGGER lessons_ai AFTER INSERT ON lessons BEGIN
+        INSERT INTO lessons_fts (rowid, text) VALUES (new.id, new.text);
+    END""",
+    """CREATE TRIGGER lessons_ad AFTER DELETE ON lessons BEGIN
+        INSERT INTO lessons_fts (lessons_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END""",
+    """CREATE TRIGGER lessons_au AFTER UPDATE OF text ON lessons BEGIN
+        INSERT INTO lessons_fts (lessons_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO lessons_fts (rowid, text) VALUES (new.id, new.text);
+    END""",
+)
+
 # Each migration is applied in its own transaction; its index + 1 is the schema
 # version it leaves behind. Append new ones; never edit a released one.
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -168,6 +200,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             boot TEXT NOT NULL
         )""",
     ),
+    LESSONS_SCHEMA,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -667,6 +700,15 @@ def _set_result(fut: asyncio.Future[str | None], report: str | None) -> None:
         fut.set_result(report)
 
 
+def _settle(fut: asyncio.Future[T], result: T, error: BaseException | None) -> None:
+    if fut.done():  # the caller gave up waiting; the write happened all the same
+        return
+    if error is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(error)
+
+
 class Store:
     """The kernel's SQLite database. Open with `Store.open(path)`; close when done.
 
@@ -867,6 +909,39 @@ class Store:
             return fut.result()
         except sqlite3.Error as exc:
             raise StoreError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in the writer thread, after everything queued before it, and await
+        its result without blocking the loop. Its changes are all or nothing: if it raises,
+        they are rolled back and the exception reaches the caller (`sqlite3.Error` as
+        `StoreError`); once it returns they are committed."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+
+        def done(result: T, error: BaseException | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the waiting loop is already closed
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+
+        self._put((_CALL, fn, done, False))
+        try:
+            return await fut
+        except sqlite3.Error as exc:
+            raise StoreError(f"write: {type(exc).__name__}: {exc}") from exc
+
+    def write_later(self, fn: Callable[[sqlite3.Connection], object]) -> None:
+        """Queue `fn(conn)` for the writer thread and return at once (e.g. a use counter).
+
+        If it raises, its changes are rolled back; the failure is counted and reported by
+        the next `flush()`."""
+        self._check_open()
+
+        def done(_result: object, error: BaseException | None) -> None:
+            if error is not None:
+                name = getattr(fn, "__qualname__", repr(fn))
+                self._writer.fail(f"write_later({name}): {type(error).__name__}: {error}")
+
+        self._put((_CALL, fn, done, False))
 
     # -- reading --
 
