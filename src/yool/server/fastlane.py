@@ -81,7 +81,6 @@ class FastLane:
         self._version: str | None = None  # handshake era: the version `initialize` settles on
         self._ready = False  # handshake era: the client said it is initialized
         self._inflight: dict[Any, asyncio.Task[None]] = {}
-        self.served = 0
 
     # -- the line --------------------------------------------------------------------
 
@@ -178,8 +177,9 @@ class FastLane:
                 log.info("tool %r failed: %r", op.name, message)
                 message = f"Error executing tool {op.name}: {message}"
             body = _ERROR_TEXT % (json.dumps(message), tail)
-        self.served += 1
-        await write(b'{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (_id(rid), body.encode()))
+        line = b'{"jsonrpc":"2.0","id":%s,"result":%s}\n' % (_id(rid), body.encode())
+        with contextlib.suppress(ConnectionError):  # the client has gone: nobody to tell
+            await write(line)
 
     async def aclose(self) -> None:
         """Let the calls in flight finish (then cancel the stragglers) before the end."""
