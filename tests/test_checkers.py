@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import string
+import time
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from yool.personas.checkers import (
     KINDS,
+    REGEX_TIMEOUT_S,
     CheckerError,
     answer_json,
     make_checker,
@@ -92,6 +94,14 @@ def test_regex_searches_anywhere_unless_anchored_and_honours_ignore_case() -> No
     assert make_checker("regex", r"^\s*42\s*$")(" 42\n")
     assert make_checker("regex", "yes", ignore_case=True)("YES")
     assert not make_checker("regex", "yes")("YES")
+
+
+def test_a_catastrophic_pattern_fails_its_check_in_bounded_time() -> None:
+    check = make_checker("regex", r"^(a+)+$")  # exponential backtracking on "aaa…b"
+    started = time.monotonic()
+    assert not check("a" * 64 + "b")
+    assert time.monotonic() - started < REGEX_TIMEOUT_S + 1.0
+    assert check("a" * 64)
 
 
 def test_a_bad_pattern_is_refused_up_front_naming_the_eval_item() -> None:

@@ -8,8 +8,9 @@ after money was spent, and a regex or schema is compiled once, not once per answ
 Kinds:
 - `exact`: the trimmed answer equals the trimmed expected text (`ignore_case`: casefolded);
 - `contains`: the expected text occurs in the answer;
-- `regex`: the pattern is found anywhere in the answer (`re.search`; anchor it for a full
-  match);
+- `regex`: the pattern is found anywhere in the answer (a search; anchor it for a full
+  match). Patterns come from the caller, so they run on the `regex` module with a time
+  limit: a catastrophic pattern fails its check instead of hanging the judge;
 - `json_schema`: the answer is JSON (the whole trimmed answer, or the first fenced block,
   e.g. a ```json fence, that parses) and is valid against the schema (`jsonschema`, the
   schema's own `$schema` dialect, else the latest).
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+import regex
 from jsonschema import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
@@ -33,6 +35,7 @@ from jsonschema.validators import validator_for
 CheckKind = Literal["exact", "contains", "regex", "json_schema"]
 KINDS: tuple[str, ...] = get_args(CheckKind)
 MAX_WANT_CHARS = 10_000
+REGEX_TIMEOUT_S = 0.5  # per answer; past it the answer does not pass
 _SHOWN = 200  # chars of the expected text in `describe`
 
 # A fenced block: ``` with an optional info string (json, JSON, ...), its body, and ```.
@@ -89,10 +92,10 @@ def make_checker(kind: str, want: str | Mapping[str, Any], *, ignore_case: bool 
         raise CheckerError(f"empty; {kind} needs the text it looks for")
     if kind == "regex":
         try:
-            pattern = re.compile(want, re.IGNORECASE if ignore_case else 0)
-        except re.error as e:
+            pattern = regex.compile(want, regex.IGNORECASE if ignore_case else 0)
+        except regex.error as e:
             raise CheckerError(f"bad regular expression {want!r}: {e}") from None
-        return Checker("regex", want, ignore_case, lambda a: pattern.search(a) is not None)
+        return Checker("regex", want, ignore_case, lambda a: _search(pattern, a))
     if kind == "exact":
         expected = _fold(want.strip(), ignore_case)
         return Checker(
@@ -132,6 +135,13 @@ def answer_json(answer: str) -> tuple[bool, Any]:
         except ValueError:
             continue
     return False, None
+
+
+def _search(pattern: regex.Pattern[str], answer: str) -> bool:
+    try:
+        return pattern.search(answer, timeout=REGEX_TIMEOUT_S) is not None
+    except TimeoutError:
+        return False
 
 
 def _fold(text: str, ignore_case: bool) -> str:

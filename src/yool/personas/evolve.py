@@ -395,7 +395,8 @@ class Evolution:
                     f"{reason} (the evolution's budget, or the session's, ran out)"
                 )
             answer = record.answer or ""
-            correct = reason == "normal" and plan.cases[i].check(answer)
+            # a regex or schema check on a long answer is CPU work: keep it off the loop
+            correct = reason == "normal" and await asyncio.to_thread(plan.cases[i].check, answer)
             ended += 1
             await self._report(
                 done + ended / (len(plan.cases) + 1),
