@@ -31,7 +31,12 @@ K = 5
 SEED = 7
 WORKSPACE = "/work/project"
 
-TOOLS = """pytest tox nox pip poetry uv ruff mypy black isort docker compose kubectl helm
+
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+TOOLS = words("""pytest tox nox pip poetry uv ruff mypy black isort docker compose kubectl helm
 terraform ansible git github gitlab jenkins make cmake cargo rustc clippy npm yarn pnpm node
 deno bun webpack vite esbuild tsc eslint prettier jest vitest playwright cypress selenium
 postgres mysql sqlite redis kafka rabbitmq nginx gunicorn uvicorn celery airflow spark pandas
@@ -40,9 +45,10 @@ protobuf graphql react vue svelte angular nextjs go gofmt gopls java maven gradl
 xcode bash zsh systemd cron ssh rsync curl jq awk sed grep ripgrep fzf tmux vim emacs vscode
 prometheus grafana sentry datadog opentelemetry elasticsearch mongodb dynamodb s3 lambda
 cloudflare vercel heroku openssl certbot valgrind gdb lldb perf strace hypothesis coverage
-pre-commit bazel buck nix conda pyenv virtualenv gcc clang llvm wasm electron tauri""".split()
+pre-commit bazel buck nix conda pyenv virtualenv gcc clang llvm wasm electron tauri""")
 
-THINGS = """fixture migration index cache lockfile dependency import test suite build image layer
+THINGS = words("""fixture migration index cache lockfile dependency import test suite build image
+layer
 container volume network port socket timeout retry backoff deadline transaction connection
 pool session cookie token header payload schema query cursor batch queue worker thread process
 signal mutex deadlock race loop coroutine callback promise future generator iterator decorator
@@ -56,23 +62,23 @@ middleware endpoint webhook serializer validator model field column constraint k
 replica shard partition vacuum checkpoint journal fsync rollback savepoint lock isolation quota
 budget limit artifact runner matrix job step workflow pipeline registry mirror proxy tarball
 wheel sdist manifest entrypoint plugin hook fixture scope marker parametrize assertion diff
-golden sample corpus tokenizer embedding prompt context window""".split()
+golden sample corpus tokenizer embedding prompt context window""")
 
-VERBS = """pin check run restart rebuild clear invalidate retry cap bound measure profile log
+VERBS = words("""pin check run restart rebuild clear invalidate retry cap bound measure profile log
 inspect verify validate quote escape normalise sort dedupe cache batch stream flush close reuse
 reset rotate seed freeze mock patch await cancel shield gather lock release commit vacuum
 analyze index migrate rollback squash rebase bisect tag bump vendor prune trim compress split
-merge parse encode decode hash sign isolate serialize preload warm throttle debounce""".split()
+merge parse encode decode hash sign isolate serialize preload warm throttle debounce""")
 
-NAMES = """user order payment invoice cart session auth token config cache db job task event
+NAMES = words("""user order payment invoice cart session auth token config cache db job task event
 report search index upload image email notify billing account profile admin api client server
 router worker scheduler parser lexer loader writer reader store queue ledger inventory catalog
-shipment coupon review rating message thread channel tenant plan quota audit export""".split()
+shipment coupon review rating message thread channel tenant plan quota audit export""")
 
-ERRORS = """KeyError ValueError TypeError TimeoutError ConnectionResetError PermissionError
+ERRORS = words("""KeyError ValueError TypeError TimeoutError ConnectionResetError PermissionError
 FileNotFoundError OperationalError IntegrityError ImportError ModuleNotFoundError RecursionError
 MemoryError BrokenPipeError EOFError AssertionError RuntimeError UnicodeDecodeError
-ECONNREFUSED ETIMEDOUT ENOSPC EACCES SIGSEGV OOMKilled CrashLoopBackOff 502 503 429""".split()
+ECONNREFUSED ETIMEDOUT ENOSPC EACCES SIGSEGV OOMKilled CrashLoopBackOff 502 503 429""")
 
 TEMPLATES = [
     "Before {verb}ing the {thing}, {verb2} the {thing2} first.",
@@ -94,7 +100,7 @@ TEMPLATES = [
     "{ident} depends on the {thing} order; {verb} it in {file} before tests.",
     "Run {tool} with {flag} to see why the {thing} differs from the {thing2}.",
 ]
-QUERY_GLUE = "how to fix the a when why in for with on after".split()
+QUERY_GLUE = words("how to fix the a when why in for with on after")
 
 
 def zipf(items: list[str], rng: random.Random) -> str:

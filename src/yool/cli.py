@@ -268,6 +268,61 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lessons_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("export", "import"), help="which way")
+    parser.add_argument(
+        "file", nargs="?", help="the JSONL file (export: stdout if left out; import: - is stdin)"
+    )
+
+
+def _lessons(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from yool.kernel.store import Store
+    from yool.memory import ImportReport, LessonImportError, Lessons
+
+    path = load_policy().db_path
+    if args.action == "export" and not path.exists():
+        print(f"yool: no yool store at {path}: nothing to export", file=sys.stderr)
+        return EXIT_NO_STORE
+    if args.action == "import":
+        if args.file is None:
+            print("yool: lessons import: give the JSONL file (- for stdin)", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            lines = (
+                sys.stdin.readlines()
+                if args.file == "-"
+                else Path(args.file).read_text(encoding="utf-8").splitlines()
+            )
+        except (OSError, UnicodeDecodeError) as e:
+            print(f"yool: cannot read {args.file}: {e}", file=sys.stderr)
+            return EXIT_USAGE
+
+    async def work(store: Store) -> list[str] | ImportReport:
+        memory = Lessons.open(store, Path.cwd().resolve())
+        if args.action == "export":
+            return await memory.export_jsonl()
+        return await memory.import_jsonl(lines)
+
+    try:
+        with Store.open(path) as store:
+            done = asyncio.run(work(store))
+    except LessonImportError as e:
+        for number, why in e.problems:
+            print(f"yool: {args.file}:{number}: {why}", file=sys.stderr)
+        print("yool: nothing was imported", file=sys.stderr)
+        return EXIT_FAILED
+    if isinstance(done, ImportReport):
+        print(f"imported {done.added} lessons ({done.merged} already known, merged)")
+    elif args.file is None:
+        sys.stdout.write("".join(line + "\n" for line in done))
+    else:
+        Path(args.file).write_text("".join(line + "\n" for line in done), encoding="utf-8")
+    return 0
+
+
 COMMANDS: tuple[Command, ...] = (
     Command(
         "server",
@@ -287,6 +342,12 @@ COMMANDS: tuple[Command, ...] = (
         "print the event log and agents' transcripts from the store; --follow to watch",
         _trace,
         _trace_arguments,
+    ),
+    Command(
+        "lessons",
+        "export the lessons in the store as JSONL, or import such a file (deduplicated)",
+        _lessons,
+        _lessons_arguments,
     ),
     Command(
         "config",

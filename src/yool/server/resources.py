@@ -1,8 +1,10 @@
-"""The MCP resources: read-only views of the session (agents, transcripts, trace, metrics).
+"""The MCP resources: read-only views of the session (agents, transcripts, trace, lessons,
+metrics).
 
-`yool://agents`, `yool://agents/{pid}`, `yool://agents/{pid}/transcript` and `yool://trace`
-are JSON; `yool://metrics` is Prometheus text. The views live in `yool.tools.resources`;
-this module only registers them and turns a view's `OpError` into a resource error.
+`yool://agents`, `yool://agents/{pid}`, `yool://agents/{pid}/transcript`, `yool://trace` and
+`yool://lessons` are JSON; `yool://metrics` is Prometheus text. The views live in
+`yool.tools.resources`; this module only registers them and turns a view's `OpError` into a
+resource error.
 """
 
 from __future__ import annotations
@@ -64,6 +66,15 @@ def add_resources(server: MCPServer[Any], holder: Holder) -> None:
     )
     async def trace() -> str:
         return _dumps(await _view(holder, views.trace_view))
+
+    @server.resource(
+        "yool://lessons",
+        name="lessons",
+        description="Lessons this workspace sees, newest first",
+        mime_type=JSON,
+    )
+    async def lessons() -> str:
+        return _dumps(await _view(holder, views.lessons_view))
 
     @server.resource(
         "yool://metrics",

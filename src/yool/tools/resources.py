@@ -1,4 +1,5 @@
-"""Read-only views of a session for MCP resources: agents, one agent, transcripts, trace.
+"""Read-only views of a session for MCP resources: agents, one agent, transcripts, trace,
+lessons.
 
 Each view is JSON-able data built from the session's agent records and the kernel's events
 (the live ring, or the store for agents of earlier runs); the server module only registers
@@ -18,6 +19,7 @@ from yool.userland.agents.react import TRANSCRIPT_CHARS, TURN
 AGENTS_LIMIT = 200
 TRACE_EVENTS = 100
 TRANSCRIPT_TURNS = 500
+LESSONS_LIMIT = 200
 
 
 def agents_view(session: Session) -> dict[str, Any]:
@@ -68,6 +70,12 @@ async def trace_view(session: Session) -> dict[str, Any]:
     """The kernel's most recent events."""
     events, source = await recent_events(session, None, TRACE_EVENTS, None)
     return {"source": source, "events": events}
+
+
+async def lessons_view(session: Session) -> dict[str, Any]:
+    """The newest lessons this workspace sees (its own and global ones), at most LESSONS_LIMIT."""
+    lessons = await session.lessons.visible(LESSONS_LIMIT)
+    return {"workspace": session.lessons.here, "lessons": [x.to_json() for x in lessons]}
 
 
 def metrics_text(session: Session) -> str:

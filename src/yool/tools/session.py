@@ -34,6 +34,7 @@ from yool.kernel import INIT, INTERRUPTED, Budget, Down, ExitReason, Kernel, Mes
 from yool.kernel.accounts import Account
 from yool.kernel.events import Event
 from yool.kernel.store import ProcessRow, Store
+from yool.memory.lessons import Lessons
 from yool.personas.registry import PersonaRegistry
 from yool.policy import RuntimePolicy
 from yool.tools.host import HostRequests
@@ -185,6 +186,7 @@ class Session:
 
     async def _start(self) -> None:
         k = self.kernel
+        self.lessons = Lessons.open(k.store, self.workspace)  # in memory without a store
         register_agents(k)
         init = k.init
         files = k.register_driver(FilesDriver({self.workspace: "rw"}))
@@ -210,6 +212,9 @@ class Session:
             with contextlib.suppress(Exception):  # closing a connection pool must not lose data
                 await provider.aclose()
         self._persist_all()
+        lessons: Lessons | None = getattr(self, "lessons", None)
+        if lessons is not None:
+            lessons.close()  # queues the uses counted since the last write
         store = self.kernel.store
         if store is not None:
             await store.aflush()

@@ -120,4 +120,14 @@ def enabled(groups: frozenset[str] | set[str]) -> list[Operation[Any, Any]]:
 
 def load_all() -> None:
     """Import every operations module, so the table is complete."""
-    from yool.tools import agents, durable, evolve, introspection, personas, prompts, system, teams  # noqa: F401
+    from yool.tools import (  # noqa: F401
+        agents,
+        durable,
+        evolve,
+        introspection,
+        memory,
+        personas,
+        prompts,
+        system,
+        teams,
+    )
