@@ -238,6 +238,26 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sandbox_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("probe",), help="probe: the isolation layers here")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    """Exit 0 when this machine meets YOOL_SANDBOX_LEVEL, 1 when code runs would be refused."""
+    import json
+
+    from yool.sandbox.probe import probe, render
+
+    policy = load_policy()
+    found = probe(policy.sandbox_uid)
+    if args.json:
+        print(json.dumps(found.to_json(policy.sandbox_level), indent=2))
+    else:
+        print(render(found, policy.sandbox_level))
+    return 0 if found.level >= policy.sandbox_level else EXIT_FAILED
+
+
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("client", choices=("claude", "codex", "vscode"), help="the MCP client")
     parser.add_argument(
@@ -354,6 +374,12 @@ COMMANDS: tuple[Command, ...] = (
         "print (or --write) the config Claude Code, Codex or VS Code needs to start yool",
         _config,
         _config_arguments,
+    ),
+    Command(
+        "sandbox",
+        "report the code sandbox's isolation layers on this machine (`probe`, --json)",
+        _sandbox,
+        _sandbox_arguments,
     ),
     Command(
         "policy",

@@ -299,6 +299,49 @@ class RuntimePolicy(BaseSettings):
     fast_lane: bool = _knob(
         True, "FAST_LANE", "answer read-only MCP calls on stdio without the SDK's dispatch"
     )
+    sandbox_level: int = _knob(
+        6,
+        "SANDBOX_LEVEL",
+        "lowest sandbox isolation level accepted: layers 0..N must all work (yool sandbox probe)",
+        ge=0,
+        le=6,
+    )
+    sandbox_zygotes: int = _knob(2, "SANDBOX_ZYGOTES", "warm sandbox zygote processes", ge=1, le=64)
+    sandbox_timeout_s: float = _knob(
+        10.0,
+        "SANDBOX_TIMEOUT_S",
+        "default wall-clock limit of one code run, s",
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+    )
+    sandbox_memory_mb: int = _knob(
+        512,
+        "SANDBOX_MEMORY_MB",
+        "address space (and cgroup memory) per code run, MiB",
+        ge=64,
+        le=65536,
+    )
+    sandbox_output_kb: int = _knob(
+        1024,
+        "SANDBOX_OUTPUT_KB",
+        "stdout+stderr kept per code run before it is killed, KiB",
+        ge=1,
+        le=65536,
+    )
+    sandbox_disk_mb: int = _knob(
+        64, "SANDBOX_DISK_MB", "workdir size (and largest file) per code run, MiB", ge=1, le=65536
+    )
+    sandbox_procs: int = _knob(
+        32, "SANDBOX_PROCS", "processes and threads per code run", ge=1, le=4096
+    )
+    sandbox_uid: int = _knob(
+        65534,
+        "SANDBOX_UID",
+        "uid (and its group) sandboxed code drops to when yool runs as root",
+        ge=1,
+        le=2**31 - 1,
+    )
 
     _env_used: Mapping[str, str] = PrivateAttr(default_factory=dict)
 

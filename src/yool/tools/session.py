@@ -30,6 +30,7 @@ from yool.drivers.llm.driver import LLMDriver
 from yool.drivers.llm.factory import PROVIDERS, configured_providers, make_provider
 from yool.drivers.llm.provider import Provider, ProviderError
 from yool.drivers.llm.sampling import SamplingProvider
+from yool.drivers.sandbox import SandboxDriver
 from yool.kernel import INIT, INTERRUPTED, Budget, Down, ExitReason, Kernel, Message, Sys
 from yool.kernel.accounts import Account
 from yool.kernel.events import Event
@@ -37,6 +38,8 @@ from yool.kernel.store import ProcessRow, Store
 from yool.memory.lessons import Lessons
 from yool.personas.registry import PersonaRegistry
 from yool.policy import RuntimePolicy
+from yool.sandbox import Config as SandboxConfig
+from yool.sandbox import Pool as SandboxPool
 from yool.tools.host import HostRequests
 from yool.tools.table import OpError
 from yool.userland.agents import AgentResult, register_agents
@@ -155,6 +158,7 @@ class Session:
         self._llm_devices: dict[str, str] = {}
         self._providers: list[Provider] = []  # provider name -> device cap held by session
         self._sys: Sys | None = None
+        self._sandbox_handle: str | None = None
         self._inbox: asyncio.Task[None] | None = None
         self.started = time.time()
 
@@ -191,10 +195,19 @@ class Session:
         init = k.init
         files = k.register_driver(FilesDriver({self.workspace: "rw"}))
         kv = k.register_driver(KVDriver(k.store))
+        # Zygotes start on the first code run, not here: most sessions never run code.
+        self.sandbox_pool = SandboxPool(SandboxConfig.from_policy(self.policy))
+        sandbox = k.register_driver(SandboxDriver(self.sandbox_pool, k, self.lessons))
         budget = Budget.from_policy(self.policy)
         self._root_files = init.derive(files)
         self._root_kv = init.derive(kv)
-        handed = (init.derive(init.cap("spawn") or ""), self._root_files, self._root_kv)
+        self._root_sandbox = init.derive(sandbox)
+        handed = (
+            init.derive(init.cap("spawn") or ""),
+            self._root_files,
+            self._root_kv,
+            self._root_sandbox,
+        )
         child = init.spawn(_session_main, self, name="session", budget=budget, caps=handed)
         self._sys = k.procs[child.pid].sys
         k.events.sinks.append(self._observe)
@@ -208,6 +221,9 @@ class Session:
             if record.status in ACTIVE:
                 record.refresh()
         await self.kernel.shutdown()
+        pool: SandboxPool | None = getattr(self, "sandbox_pool", None)
+        if pool is not None:
+            await pool.close()  # kills every zygote and any run still going
         for provider in self._providers:
             with contextlib.suppress(Exception):  # closing a connection pool must not lose data
                 await provider.aclose()
@@ -238,6 +254,16 @@ class Session:
     @property
     def kv_device(self) -> str:
         return self._root_kv
+
+    @property
+    def sandbox_device(self) -> str:
+        return self._root_sandbox
+
+    async def sandbox_handle(self) -> str:
+        """The session process's open sandbox handle (opened on first use)."""
+        if self._sandbox_handle is None:
+            self._sandbox_handle = await self.sys.open(self._root_sandbox)
+        return self._sandbox_handle
 
     def llm_device(self, provider: str | None) -> tuple[str, str]:
         """(driver name, device cap held by the session) for `provider` (None: the policy's).

@@ -122,6 +122,7 @@ def load_all() -> None:
     """Import every operations module, so the table is complete."""
     from yool.tools import (  # noqa: F401
         agents,
+        code,
         durable,
         evolve,
         introspection,
