@@ -345,3 +345,35 @@ def test_persona_specialize_forges_from_a_base_persona_and_saves_the_result(
             assert (stored["prompt"], stored["domain"]) == (forged, "SQL migrations")
 
     asyncio.run(main())
+
+
+# -- lessons --------------------------------------------------------------------------------
+
+LESSON = "Pin the build backend version in pyproject.toml so wheels build the same everywhere."
+OTHER = "Prefer CSS grid over floats for page layout."
+
+
+def test_forging_bakes_in_the_lessons_recalled_for_the_domain_and_goal_and_names_them(
+    tmp_path: Path,
+) -> None:
+    pol, ws = _policy(tmp_path), _workspace(tmp_path)
+
+    async def main() -> None:
+        async with (
+            FakeProvider(Script(respond=lambda rec: Turn.say(PROMPT))) as fake,
+            Session.open(pol, workspace=ws, environ=_env(fake)) as s,
+        ):
+            lesson, _ = await s.lessons.remember(LESSON, scope="global")
+            await s.lessons.remember(OTHER)
+            out = await _op(s, "prompt_forge", domain="Python packaging", goal="build wheels")
+            assert out.lessons == [lesson.id]
+            brief = _user(fake.requests[-1])
+            assert f"Lessons to bake in:\n- {LESSON}" in brief and OTHER not in brief
+
+            spec = await _op(s, "persona_specialize", name="packager", domain="wheel builds")
+            assert spec.lessons == [lesson.id]
+            assert LESSON in _user(fake.requests[-1])
+            no = await _op(s, "prompt_forge", domain="Python packaging", goal="wheels", k=0)
+            assert no.lessons == [] and "Lessons to bake in" not in _user(fake.requests[-1])
+
+    asyncio.run(main())

@@ -153,6 +153,21 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
             with pytest.raises(MCPError, match="arguments: unknown \\['colour'\\]"):
                 await c.get_prompt("x", {"colour": "red"})
 
+            # -- lessons: a relevant one joins the prompt and the hire, an unrelated one never
+            learnt = await _call(
+                c, "lesson_remember", text="Summarise notes.txt only after reading all of it."
+            )
+            await _call(c, "lesson_remember", text="Rotate TLS certificates every ninety days.")
+            (first, task_text) = _texts(await c.get_prompt("x", {"task": "summarise notes.txt"}))
+            assert first.startswith(f"{X_PROMPT}\n\nLessons from past work")
+            assert "only after reading all of it" in first and "TLS" not in first
+            assert task_text == "Task: summarise notes.txt"
+            again = await _call(c, "persona_hire", name="x", task="summarise notes.txt")
+            assert again["lessons"] == [learnt["lesson"]["id"]]
+            await _call(c, "wait", pids=[again["pid"]], timeout_s=20)
+            sent = [r for r in list(fake.fake.requests) if "summarise notes" in json.dumps(r.body)]
+            assert sent and all("only after reading all" in r.body["system"] for r in sent)
+
             # -- saved and added while the server runs: listed at once
             saved = await _call(
                 c, "persona_save", name="release", prompt="You ship releases.", tools=["files"]

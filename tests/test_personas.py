@@ -509,3 +509,58 @@ def test_spawn_with_a_persona_uses_the_registry_including_claude_agent_files(
                 await _op(s, "spawn", task="go", persona="nobody")
 
     asyncio.run(main())
+
+
+# -- lessons --------------------------------------------------------------------------------
+
+SQL_LESSON = (
+    "When migrating a large SQL table, add the new column as nullable and backfill in batches."
+)
+INDEX_LESSON = "Create SQL indexes concurrently so the migration does not lock writes."
+OFF_TOPIC = "Run the CSS linter before committing stylesheet changes."
+
+
+def test_a_hire_injects_only_the_lessons_relevant_to_its_task_and_names_them(
+    tmp_path: Path,
+) -> None:
+    ws, pol = _workspace(tmp_path), _policy(tmp_path)
+    other = tmp_path / "other-ws"
+    other.mkdir()
+    _agent_file(ws, "dba", "DBA-PROMPT.", where=".yool/personas", domain="databases")
+    elsewhere = "Drop SQL tables only after a migration backup: learnt in another workspace."
+
+    async def main() -> None:
+        async with Session.open(pol, workspace=other, environ={}) as s:
+            await s.lessons.remember(elsewhere)  # another workspace's: never recalled here
+        async with (
+            FakeProvider([Turn.say("migrated")]) as fake,
+            Session.open(pol, workspace=ws, environ=_env(fake)) as s,
+        ):
+            sql, _ = await s.lessons.remember(SQL_LESSON, tags=["sql"])
+            index, _ = await s.lessons.remember(INDEX_LESSON)
+            await s.lessons.remember(OFF_TOPIC)
+            hire = {"name": "dba", "provider": "anthropic"}
+            task = "Migrate the users SQL table to add a nullable column"
+            hired = await _op(s, "persona_hire", task=task, **hire)
+            assert set(hired.lessons) == {sql.id, index.id}
+            await _op(s, "wait", pids=[hired.pid], timeout_s=10)
+            system = _system(fake.requests[-1])
+            assert system.startswith("DBA-PROMPT.\n\nLessons from past work")
+            assert SQL_LESSON in system and INDEX_LESSON in system
+            assert OFF_TOPIC not in system and elsewhere not in system
+            assert s.record(hired.pid).origin == {"persona": "dba", "lessons": hired.lessons}
+
+            one = await _op(s, "persona_hire", task=task, k=1, **hire)
+            assert one.lessons == [sql.id]  # the best match: it shares the most words
+            await _op(s, "wait", pids=[one.pid], timeout_s=10)
+            assert INDEX_LESSON not in _system(fake.requests[-1])
+
+            none = await _op(s, "persona_hire", task=task, k=0, **hire)
+            await _op(s, "wait", pids=[none.pid], timeout_s=10)
+            assert none.lessons == [] and _system(fake.requests[-1]) == "DBA-PROMPT."
+
+            unrelated = await _op(s, "persona_hire", task="Fix the typo in the README", **hire)
+            assert unrelated.lessons == []  # nothing about it was learnt: nothing injected
+            await _op(s, "wait", pids=[unrelated.pid], timeout_s=10)
+
+    asyncio.run(main())

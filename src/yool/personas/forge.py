@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from yool.tools.agents import SpawnArgs, run_agent, status_of
 from yool.tools.table import OpError
 
 if TYPE_CHECKING:
+    from yool.memory.lessons import Lesson
     from yool.tools.session import Session
 
 MIN_PROMPT_CHARS = 40
@@ -67,19 +68,6 @@ _CLOSING = re.compile(
 )
 _REFUSAL = re.compile(r"^\W*(?:i'?m sorry|i am sorry|i cannot|i can'?t|i am unable|as an ai)", re.I)
 _RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,})\s*$")
-
-
-class Lesson(Protocol):
-    """What forging and hiring read of a lesson (`yool.memory.lessons.Lesson`)."""
-
-    @property
-    def id(self) -> int: ...
-    @property
-    def text(self) -> str: ...
-
-
-class _Memory(Protocol):
-    async def recall(self, query: str, *, k: int = 5) -> Sequence[Lesson]: ...
 
 
 class UnusablePrompt(ValueError):
@@ -183,10 +171,9 @@ def refine_task(prompt: str, feedback: str) -> str:
 
 async def relevant_lessons(session: Session, query: str, k: int) -> list[Lesson]:
     """The `k` lessons most relevant to `query` (none when k is 0 or the query is empty)."""
-    memory: _Memory | None = getattr(session, "lessons", None)  # until yool.memory lands
-    if k <= 0 or not query.strip() or memory is None:
+    if k <= 0 or not query.strip():
         return []
-    return list(await memory.recall(query, k=k))
+    return await session.lessons.recall(query, k=k)
 
 
 async def write_prompt(
