@@ -339,6 +339,8 @@ def test_a_persona_file_round_trips_through_render_and_parse() -> None:
     )
     again = parse_persona(render_persona(persona), stem="x", source="saved")
     assert again == persona
+    windows = "\ufeff" + render_persona(persona).replace("\n", "\r\n")  # BOM and CRLF
+    assert parse_persona(windows, stem="x", source="saved") == persona
 
 
 def test_model_aliases_mean_anthropic_models_and_inherit_means_the_sessions() -> None:

@@ -193,7 +193,7 @@ def _tool_list(value: Any) -> list[str] | None:
 
 def parse_persona(text: str, *, stem: str, source: str, path: str | None = None) -> Persona:
     """A persona from markdown with YAML front matter; `PersonaFileError` says what is wrong."""
-    m = _FRONT.match(text)
+    m = _FRONT.match(text.replace("\r\n", "\n"))
     if m is None:
         raise PersonaFileError(
             "no YAML front matter: start the file with a '---' line, the fields "
