@@ -107,7 +107,7 @@ def _item_text(item: Any) -> str | None:
 
 def usable(text: str) -> str | None:
     """`text` as a lesson (bullets, quotes and spacing cleaned), or None if it is not one."""
-    line = _BULLET.sub("", " ".join(text.split())).strip().strip("\"'`").strip()
+    line = _BULLET.sub("", " ".join(text.split())).strip().strip("\"'`“”‘’").strip()
     line = re.sub(r"^\*\*(.+?)\*\*:?\s*", r"\1 ", line).strip()  # **Bold:** lead-ins
     if not MIN_LESSON_CHARS <= len(line) <= MAX_LESSON_CHARS:
         return None

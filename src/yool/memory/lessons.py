@@ -78,6 +78,8 @@ B: Final = 0.75
 _COLUMNS: Final = "id, text, scope, tags, uses, created, last_used, source"
 _TAG = re.compile(rf"[\w.+#/:@-]{{1,{MAX_TAG_CHARS}}}")
 _WORD = re.compile(r"\w+")
+# Unicode punctuation, and the modifier symbols used as such (` ^ ¨)
+_PUNCTUATION: Final = frozenset({"Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sk"})
 _dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 # Words that say nothing about which lesson is meant; dropped from queries (unless a query
@@ -153,7 +155,7 @@ def _valid_unicode(text: str) -> str:
 def normalise(text: str) -> str:
     """The form two lessons are compared in: case, whitespace and punctuation don't count."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    spaced = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in folded)
+    spaced = "".join(" " if unicodedata.category(ch) in _PUNCTUATION else ch for ch in folded)
     return " ".join(spaced.split())
 
 

@@ -8,12 +8,12 @@ paid from the session's budget and shows in `ps` and `trace`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from yool.memory.distill import DISTILL_SYSTEM, distill_task, parse_lessons, transcript_text
-from yool.memory.lessons import MAX_K, Lesson, LessonError, clean_tags
+from yool.memory.lessons import Lesson, LessonError, clean_tags
 from yool.tools.agents import SpawnArgs, run_agent, status_of
 from yool.tools.prompts import with_heartbeat
 from yool.tools.resources import transcript_view
@@ -81,8 +81,8 @@ async def lesson_remember(call: Call, args: RememberArgs) -> Remembered:
 
 class RecallArgs(Args):
     query: str
-    k: Annotated[int, Field(ge=1, le=MAX_K)] = 5
-    tags: list[str] = Field([], description="all required")
+    k: int = 5  # 1 to MAX_K, checked by Lessons
+    tags: list[str] = Field([])
 
 
 class Recalled(Result):
@@ -91,7 +91,7 @@ class Recalled(Result):
 
 @operation("memory", read_only=True)
 async def lesson_recall(call: Call, args: RecallArgs) -> Recalled:
-    """The k lessons most relevant to a query, this workspace's first."""
+    """The k lessons most relevant to a query (having all tags), this workspace's first."""
     try:
         found = await call.session.lessons.recall(args.query, k=args.k, tags=args.tags)
     except LessonError as e:

@@ -1,0 +1,148 @@
+"""The memory tools over stdio with the real MCP SDK client, in both protocol eras.
+
+A real `yool server --stdio` subprocess on a tmp YOOL_HOME; agents (the worker and the
+distiller `lesson_learn` runs) think with the real `anthropic` SDK against the fake provider
+on 127.0.0.1. Every memory tool is called, `yool://lessons` is read, bad input comes back as a
+tool error, and the lessons are still there for a second server on the same home. The
+`yool lessons export|import` command is run against that home too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+import pytest
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from yool.testing import FakeProvider, Recorded, Script, Turn
+
+LESSONS = ["Run the failing test alone first.", "Pin the lockfile before upgrading."]
+
+
+def _respond(rec: Recorded) -> Turn:
+    if "You distil a finished AI agent" in json.dumps(rec.body.get("system")):
+        return Turn.say(json.dumps([*LESSONS, "The agent fixed it."]))
+    return Turn.say("Done: the bug is fixed.")
+
+
+def _params(ws: Path, env: dict[str, str]) -> StdioServerParameters:
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(ws)
+    )
+
+
+async def _call(client: Client, tool: str, progress: Any = None, **args: Any) -> dict[str, Any]:
+    r = await client.call_tool(tool, args, progress_callback=progress)
+    assert not r.is_error, r.content
+    assert isinstance(r.structured_content, dict)
+    return r.structured_content
+
+
+async def _error(client: Client, tool: str, **args: Any) -> str:
+    r = await client.call_tool(tool, args)
+    assert r.is_error, r.structured_content
+    assert isinstance(r.content[0], types.TextContent)
+    return r.content[0].text
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_every_memory_tool_over_stdio_and_lessons_outlive_the_server(
+    tmp_path: Path, mode: str
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    fake = FakeProvider.start_in_thread(Script(respond=_respond))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("YOOL_", "ANTHROPIC_"))},
+        "YOOL_HOME": str(tmp_path / "home"),
+        "YOOL_HEARTBEAT_S": "0.05",
+        "YOOL_PROVIDER": "anthropic",
+        "ANTHROPIC_API_KEY": "sk-test-mcp-memory",
+        "ANTHROPIC_BASE_URL": fake.url,
+    }
+    here = str(ws.resolve())
+
+    async def first() -> list[int]:
+        async with Client(_params(ws, env), mode=mode) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"lesson_remember", "lesson_recall", "lesson_learn", "lesson_forget"} <= names
+            made = await _call(c, "lesson_remember", text="Quote FTS5 terms.", tags=["sqlite"])
+            assert made["created"] and made["lesson"]["scope"] == here
+            glob = await _call(
+                c, "lesson_remember", text="Keep FTS5 queries short.", scope="global"
+            )
+            dup = await _call(c, "lesson_remember", text="quote fts5 TERMS", tags=["search"])
+            assert not dup["created"] and dup["lesson"]["tags"] == ["sqlite", "search"]
+            found = (await _call(c, "lesson_recall", query="fts5 terms queries"))["lessons"]
+            assert [x["id"] for x in found] == [made["lesson"]["id"], glob["lesson"]["id"]]
+            assert found[0]["uses"] == 1
+            assert "tags:" in await _error(c, "lesson_remember", text="x y", tags=['a b"c'])
+            assert "text: empty" in await _error(c, "lesson_remember", text="   ")
+
+            pid = (await _call(c, "spawn", task="task-M: fix the bug", tools=[]))["pid"]
+            assert (await _call(c, "wait", pids=[pid], timeout_s=20))["done"]
+            notes: list[str] = []
+
+            async def progress(done: float, total: float | None, message: str | None) -> None:
+                notes.append(message or "")
+
+            learned = await _call(c, "lesson_learn", progress, pid=pid)
+            assert [x["text"] for x in learned["lessons"]] == LESSONS
+            assert learned["created"] == 2 and learned["lessons"][0]["tags"] == ["learnt"]
+            if mode == "legacy":
+                assert notes and "distilling" in notes[0]
+            assert "pid: no agent 999999" in await _error(c, "lesson_learn", pid=999999)
+            rows = (await _call(c, "ps"))["agents"]
+            assert any(r["pid"] == learned["distiller"] for r in rows)
+
+            read = await c.read_resource("yool://lessons")
+            content = read.contents[0]
+            assert isinstance(content, types.TextResourceContents)
+            view = json.loads(content.text)
+            assert view["workspace"] == here
+            assert {x["text"] for x in view["lessons"]} == {
+                "Quote FTS5 terms.",
+                "Keep FTS5 queries short.",
+                *LESSONS,
+            }
+            gone = await _call(c, "lesson_forget", ids=[glob["lesson"]["id"], 123456])
+            assert gone["forgotten"] == 1
+            return [x["id"] for x in learned["lessons"]]
+
+    async def second(ids: list[int]) -> None:
+        async with Client(_params(ws, env), mode=mode) as c:
+            found = (await _call(c, "lesson_recall", query="failing test lockfile", k=5))["lessons"]
+            assert sorted(x["id"] for x in found) == sorted(ids)
+            assert not (await _call(c, "lesson_recall", query="queries short"))["lessons"]
+
+    try:
+        asyncio.run(second(asyncio.run(first())))
+    finally:
+        fake.stop()
+
+    # the command line, on the same home
+    cli = [sys.executable, "-m", "yool", "lessons"]
+    out = subprocess.run(
+        [*cli, "export"], env=env, cwd=ws, capture_output=True, text=True, check=True
+    ).stdout
+    exported = [json.loads(line) for line in out.splitlines()]
+    assert {x["text"] for x in exported} == {"Quote FTS5 terms.", *LESSONS}
+    dump = tmp_path / "lessons.jsonl"
+    dump.write_text(out + "{broken\n")
+    bad = subprocess.run(
+        [*cli, "import", str(dump)], env=env, cwd=ws, capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and f"{dump}:4: not JSON" in bad.stderr
+    dump.write_text(out + json.dumps({"text": "A new imported lesson.", "tags": ["cli"]}) + "\n")
+    good = subprocess.run(
+        [*cli, "import", str(dump)], env=env, cwd=ws, capture_output=True, text=True, check=True
+    )
+    assert "imported 1 lessons (3 already known, merged)" in good.stdout
