@@ -80,6 +80,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     uid: int = 65534
     python: str = sys.executable
+    ro_paths: tuple[str, ...] = ()  # more read-only (and executable) paths for every task
 
     @classmethod
     def from_policy(cls, policy: Any) -> Config:
@@ -248,7 +249,7 @@ class Pool:
                 found = await asyncio.to_thread(probe, self.config.uid)
                 found.check(self.config.level)
                 self._root = await asyncio.to_thread(self._make_root, found)
-                self._ro = await asyncio.to_thread(runtime_paths)
+                self._ro = [*await asyncio.to_thread(runtime_paths), *self.config.ro_paths]
                 self._nproc_base = await asyncio.to_thread(_threads_of, self._run_uid(found))
                 self.probe = found
             self._zygotes = [z for z in self._zygotes if z.alive]
@@ -395,7 +396,7 @@ class Pool:
             nproc=self._nproc_base + task.limits.procs * slots,
             landlock_abi=p.landlock_abi if p.available(LANDLOCK) else 0,
             seccomp=p.available(SECCOMP),
-            read_only=[*self._ro, *task.ro_paths, *DEV_READ],
+            read_only=[*self._ro, *DEV_READ],
             read_write_files=["/dev/null"],
         )
 

@@ -40,7 +40,6 @@ class Task:
     env: dict[str, str] = field(default_factory=dict)  # added to the sandbox's allowlist
     subprocess: bool = False  # allow fork and exec (a shell task implies it)
     limits: Limits = field(default_factory=Limits)
-    ro_paths: tuple[str, ...] = ()  # extra read-only (and executable) paths
 
 
 @dataclass(slots=True)
