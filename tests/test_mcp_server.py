@@ -176,7 +176,8 @@ def test_tools_list_gives_every_tool_an_output_schema_within_the_context_budget(
         assert tool.output_schema is not None, f"{tool.name} has no outputSchema"
         assert tool.output_schema.get("type") == "object", tool.name
         assert tool.description and len(tool.description) <= 200, tool.name
-        assert tool.input_schema.get("additionalProperties") is False, tool.name
+        # unknown fields are refused by the server, by name; the schema need not say so
+        assert '"additionalProperties": false' not in json.dumps(tool.input_schema), tool.name
     wire = json.dumps(
         listed.model_dump(mode="json", by_alias=True, exclude_none=True), separators=(",", ":")
     )

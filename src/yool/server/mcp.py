@@ -32,7 +32,13 @@ from yool.server.fastlane import FastLane, fast_operations
 from yool.server.prompts import add_prompts
 from yool.server.resources import add_resources
 from yool.server.sampling import ask_host, note_client, take_answers
-from yool.server.schema import compact_schema, nulls_optional, shallow
+from yool.server.schema import (
+    compact_schema,
+    nulls_optional,
+    published_input,
+    published_output,
+    shallow,
+)
 from yool.server.stdio import stdio_streams
 from yool.tools import Call, Operation, OpError, Session, enabled
 
@@ -207,10 +213,9 @@ def make_tool(op: Operation[Any, Any], holder: Holder) -> Tool:
             "__module__": __name__,
         },
     )
-    parameters = compact_schema(tool.parameters, keep_defaults=True)
-    parameters["additionalProperties"] = False
-    output_schema = shallow(
-        nulls_optional(compact_schema(meta.output_schema or {}, keep_defaults=False))
+    parameters = published_input(compact_schema(tool.parameters, keep_defaults=True))
+    output_schema = published_output(
+        shallow(nulls_optional(compact_schema(meta.output_schema or {}, keep_defaults=False)))
     )
     # The result is our own validated model: publish its schema, skip re-validating it, and
     # serialise it once (compact JSON for the text block, not the SDK's indent=2).

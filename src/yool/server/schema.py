@@ -134,3 +134,70 @@ def _outline(prop: Any) -> Any:
         if isinstance(item_kind, str) and item_kind not in ("object", "array"):
             out["items"] = {"type": item_kind}
     return out
+
+
+# Length caps this large bound abuse, not use: no model writes 10,000 characters into one
+# field by accident, and the server still enforces them (its error names the limit).
+_UNREACHED = 10_000
+
+
+def published_input(schema: dict[str, Any]) -> dict[str, Any]:
+    """An input schema as callers need it: an optional field's type without its `null` arm
+    (leaving the field out is how one says "none"; an explicit null is still accepted),
+    without length caps no caller reaches, and without `additionalProperties: false` (the
+    server refuses an unknown field by name, so the schema need not say it)."""
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return schema
+    required = set(schema.get("required", ()))
+    out = {
+        name: _uncapped(prop if name in required else _without_null(prop))
+        for name, prop in props.items()
+    }
+    return {**schema, "properties": out}
+
+
+def published_output(schema: dict[str, Any]) -> dict[str, Any]:
+    """An output schema that says what each field is, and no more: no `null` arms (results
+    leave out their null fields) and no `required` list (a result is our own validated
+    model; a client checking for missing fields would only re-check pydantic)."""
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return schema
+    out = {k: v for k, v in schema.items() if k != "required"}
+    return {**out, "properties": {name: _without_null(p) for name, p in props.items()}}
+
+
+def _without_null(prop: Any) -> Any:
+    if not isinstance(prop, dict):
+        return prop
+    kind = prop.get("type")
+    if isinstance(kind, list) and "null" in kind:
+        rest = [k for k in kind if k != "null"]
+        return {**prop, "type": rest[0] if len(rest) == 1 else rest}
+    arms = prop.get("anyOf")
+    if isinstance(arms, list) and {"type": "null"} in arms:
+        rest = [arm for arm in arms if arm != {"type": "null"}]
+        out = {k: v for k, v in prop.items() if k != "anyOf"}
+        if len(rest) == 1 and isinstance(rest[0], dict) and not set(rest[0]) & set(out):
+            return {**out, **rest[0]}
+        return {**out, "anyOf": rest}
+    return prop
+
+
+def _uncapped(prop: Any) -> Any:
+    if not isinstance(prop, dict):
+        return prop
+    out = {
+        k: v
+        for k, v in prop.items()
+        if not (k in ("maxLength", "maxItems") and isinstance(v, int) and v >= _UNREACHED)
+        and not (k == "additionalProperties" and v is False)
+    }
+    items = out.get("items")
+    if isinstance(items, dict):
+        out["items"] = _uncapped(items)
+    inner = out.get("properties")
+    if isinstance(inner, dict):
+        out["properties"] = {name: _uncapped(p) for name, p in inner.items()}
+    return out
