@@ -136,11 +136,13 @@ def start_agent(
     *,
     origin: dict[str, Any] | None = None,
     replay: Any = None,
+    persona: str | None = None,
 ) -> AgentRecord:
     """Spawn (or, with `replay`, re-run from a journal) one agent and start tracking it.
 
     `replay(parent_pid, image, run_args, caps) -> Child` is the kernel's replay, bound to the
-    journal to read; nothing is left behind if the spawn is refused.
+    journal to read; nothing is left behind if the spawn is refused. `persona` names the
+    persona an agent runs as when its prompt was built from one (`args.system`), for `ps`.
     """
     if (args.provider or session.policy.provider) == "sampling" and not session.can_sample:
         raise OpError(
@@ -179,7 +181,7 @@ def start_agent(
             pid=child.pid,
             task=args.task,
             spawn=args.model_dump(),
-            persona=args.persona,
+            persona=persona or args.persona,
             provider=(args.provider or session.policy.provider),
             model=args.model or session.policy.model,
             origin=origin,

@@ -167,9 +167,8 @@ async def persona_hire(call: Call, args: HireArgs) -> Hired:
         }
     )
     await session.warm(args.provider)
-    record = start_agent(session, spawn_args, origin={"persona": persona.name, "lessons": ids})
-    record.persona = persona.name
-    session._persist(record)  # again, now that it names its persona (ps shows it)
+    origin = {"persona": persona.name, "lessons": ids}
+    record = start_agent(session, spawn_args, origin=origin, persona=persona.name)
     return Hired(pid=record.pid, lessons=ids)
 
 
