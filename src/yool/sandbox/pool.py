@@ -263,7 +263,8 @@ class Pool:
         return p.drop_to[0] if p.drop_to else os.getuid()
 
     def _make_root(self, p: Probe) -> str:
-        root = tempfile.mkdtemp(prefix="yool-sandbox-")
+        _sweep_stale_roots()
+        root = tempfile.mkdtemp(prefix=f"yool-sandbox-{os.getpid()}-")
         os.chmod(root, 0o711)  # the dropped uid may pass through, not list
         return root
 
@@ -658,6 +659,21 @@ async def _ready(
             loop.remove_writer(fd)
         else:
             loop.remove_reader(fd)
+
+
+def _sweep_stale_roots() -> None:
+    """Remove the work roots of pools whose process died without closing them (ours only)."""
+    tmp = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for name in os.listdir(tmp):
+            parts = name.split("-")
+            if len(parts) < 4 or parts[:2] != ["yool", "sandbox"] or not parts[2].isdigit():
+                continue
+            path = os.path.join(tmp, name)
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_uid != os.getuid() or os.path.exists(f"/proc/{parts[2]}"):
+                    continue
+                workdir.remove(path)
 
 
 def _threads_of(uid: int) -> int:
