@@ -1,8 +1,9 @@
 """Agent operations: spawn sub-agents, wait for them, talk to them, list and signal them.
 
 Every agent is a `yool.react` process under the session process: it holds derived copies
-of the session's devices (the LLM, the workspace paths it was granted, the key-value store),
-a budget carved from the session's, and sends its `AgentResult` to the session.
+of the session's devices (the LLM, the workspace paths it was granted, the key-value store,
+the code sandbox), a budget carved from the session's, and sends its `AgentResult` to the
+session.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from yool.userland.agents.spec import HARD_MAX_STEPS
 
 MAX_TASK_CHARS = 100_000
 MAX_WAIT_PIDS = 256
-ToolName = Literal["files", "kv", "delegate"]
+ToolName = Literal["files", "kv", "delegate", "code"]
 
 
 # -- spawn --------------------------------------------------------------------------------
@@ -100,6 +101,8 @@ def grant(session: Session, args: SpawnArgs, llm: str) -> list[str]:
             raise OpError("write_paths: needs 'files' in tools")
         if "kv" in args.tools:
             caps.append(sys.derive(session.kv_device))
+        if "code" in args.tools:
+            caps.append(sys.derive(session.sandbox_device, caveat=code_caveat(args)))
         if "delegate" in args.tools:
             spawn_cap = sys.cap("spawn")
             if spawn_cap is not None:
@@ -109,6 +112,25 @@ def grant(session: Session, args: SpawnArgs, llm: str) -> list[str]:
             sys.revoke(ref)
         raise
     return caps
+
+
+def code_caveat(args: SpawnArgs) -> dict[str, Any]:
+    """What an agent's sandbox capability is narrowed to (see `yool.drivers.sandbox`).
+
+    Its code may call back only what its other groups already grant: its own working
+    memory, and the key-value store when it holds "kv" (the kv callbacks are checked
+    against that capability too). Never `send` (its one process capability is the reply
+    channel to the session) nor the session's lessons. With a deadline, no run may outlast
+    it. The caveat follows from the spawn arguments alone, so a resumed, replayed or forked
+    agent gets the same one.
+    """
+    callbacks = ["remember", "recall"]
+    if "kv" in args.tools:
+        callbacks += ["kv_get", "kv_keys", "kv_put"]
+    caveat: dict[str, Any] = {"callbacks": callbacks}
+    if args.deadline_s is not None:
+        caveat["timeout_s"] = args.deadline_s
+    return caveat
 
 
 def _inside(workspace: Path, raw: str, field: str) -> Path:

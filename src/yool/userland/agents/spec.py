@@ -2,7 +2,7 @@
 
 Both are plain frozen dataclasses so they travel in messages and spawn
 arguments unchanged. Device capabilities are found by the driver name they
-target (`llm`, `files`, `kv`, `tools` by default), so a parent hands a child a
+target (`llm`, `files`, `kv`, `tools`, `sandbox` by default), so a parent hands a child a
 device simply by moving (a derived copy of) the capability.
 """
 
@@ -54,6 +54,7 @@ class AgentSpec:
     files_device: str = "files"
     kv_device: str = "kv"
     tools_device: str = "tools"
+    sandbox_device: str = "sandbox"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,9 @@ A sub-agent gets a tool exactly when it holds the authority behind it:
 - the key-value device: `kv_get`, `kv_keys`, and `kv_put` if the capability has
   the write right;
 - a tools device: the named tools the agent's spec describes (`AgentSpec.tools`);
+- the sandbox device: `run_code`, Python (and sh, unless the capability forbids
+  subprocesses) in a fresh empty directory with no network, within the capability's
+  timeout and callbacks;
 - process capabilities with the send right: `send_message` to those pids;
 - a spawn capability: `delegate`, which spawns a sub-agent with a task, derived
   (never wider) copies of this agent's capabilities, optionally narrowed to
@@ -270,6 +273,51 @@ def _peer_tools(sys: Sys, box: Toolbox, spec: AgentSpec) -> None:
     )
 
 
+# -- code -----------------------------------------------------------------------------------
+
+
+def _run_result(value: dict[str, Any]) -> dict[str, Any]:
+    """What the model reads of a run: the driver's reply (which the journal keeps whole)
+    less resource use and layers, and less the fields that say nothing happened."""
+    out = {k: value.get(k) for k in ("reason", "exit_code", "stdout", "stderr")}
+    for key in ("signal", "truncated", "files", "error"):
+        if value.get(key):
+            out[key] = value[key]
+    return out
+
+
+async def _code_tool(sys: Sys, box: Toolbox, dev: str) -> None:
+    caveats = next((c.caveats for c in sys.caps("device") if c.ref == dev), None) or ()
+    sh = not any(c.get("subprocess") is False for c in caveats)
+    h = await sys.open(dev)
+
+    async def run_code(args: dict[str, Any]) -> Any:
+        request: dict[str, Any] = {"code": str(_arg(args, "code"))}
+        for key in ("lang", "files", "timeout_s"):
+            if args.get(key) is not None:
+                request[key] = args[key]
+        return _run_result(await sys.read(h, request))
+
+    props: dict[str, Any] = {
+        "code": _STR,
+        "files": {"type": "object", "description": "input files: relative path -> text"},
+        "timeout_s": {"type": "number"},
+    }
+    if sh:
+        props["lang"] = {"enum": ["python", "sh"]}
+    box.add(
+        Tool(
+            ToolSpec(
+                "run_code",
+                f"Run {'Python or sh' if sh else 'Python'} in a sandbox: a fresh empty dir (not "
+                "the workspace; pass inputs as files), no network. Returns output, exit, files.",
+                _schema(("code",), **props),
+            ),
+            run_code,
+        )
+    )
+
+
 # -- delegation -----------------------------------------------------------------------------
 
 
@@ -367,8 +415,14 @@ def _child_caps(sys: Sys, spec: AgentSpec, paths: list[Any], base: str | None) -
                         c.ref, caveat={"root": _abs(base, p["path"]), "mode": p.get("mode", "r")}
                     )
                 )
-        elif c.target in (spec.llm_device, spec.files_device, spec.kv_device, spec.tools_device):
-            out.append(sys.derive(c.ref))
+        elif c.target in (
+            spec.llm_device,
+            spec.files_device,
+            spec.kv_device,
+            spec.tools_device,
+            spec.sandbox_device,
+        ):
+            out.append(sys.derive(c.ref))  # a caveat only narrows: never wider than ours
     if spec.depth + 1 < spec.max_depth:
         s = sys.cap("spawn")
         if s is not None:
@@ -403,6 +457,9 @@ async def build_toolbox(sys: Sys, spec: AgentSpec) -> Toolbox:
     tools = sys.cap("device", spec.tools_device)
     if tools is not None and spec.tools:
         await _device_tools(sys, box, tools, spec.tools)
+    sandbox = sys.cap("device", spec.sandbox_device)
+    if sandbox is not None:
+        await _code_tool(sys, box, sandbox)
     _peer_tools(sys, box, spec)
     if sys.cap("spawn") is not None and sys.cap("device", spec.llm_device) is not None:
         _delegate_tool(sys, box, spec, base)
