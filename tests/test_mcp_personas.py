@@ -112,7 +112,8 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
             by_name = {p["name"]: p for p in listed["personas"]}
             x = by_name["x"]
             assert (x["source"], x["path"]) == ("claude", ".claude/agents/x.md")
-            assert (x["tools"], x["unavailable"], x["model"]) == (["files"], ["Bash"], "haiku")
+            assert (x["tools"], x["model"]) == (["files", "code"], "haiku")  # Bash runs code
+            assert "unavailable" not in x
             assert x["description"] == "The x sub-agent, as Claude Code defines it"
             assert {"reviewer", "test-writer", "researcher", "refactorer"} <= set(by_name)
             assert "broken" not in by_name
@@ -210,7 +211,7 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
             assert content.mime_type == "application/json"
             view = json.loads(content.text)
             rows = {p["name"]: p for p in view["personas"]}
-            assert rows["x"]["prompt"] == X_PROMPT and rows["x"]["tools"] == ["files", "Bash"]
+            assert rows["x"]["prompt"] == X_PROMPT and rows["x"]["tools"] == ["files", "code"]
             assert rows["releaser"]["source"] == "saved"
             assert view["warnings"] == [warning]
 

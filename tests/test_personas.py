@@ -182,21 +182,21 @@ def test_a_claude_code_agent_file_is_a_persona_with_its_tools_mapped_to_yools(
     assert reviewer.source == "claude" and reviewer.path == ".claude/agents/code-reviewer.md"
     assert reviewer.description.startswith("Expert code review")
     assert reviewer.prompt == "You review code."
-    assert (reviewer.tools, reviewer.writes) == (("files", "delegate"), False)
-    assert reviewer.unavailable == ("Bash",)  # declared, kept, and said to be unavailable
+    assert (reviewer.tools, reviewer.writes) == (("files", "delegate", "code"), False)
+    assert reviewer.unavailable == ()  # Bash runs code in yool's sandbox
     assert reviewer.model == "sonnet"
     editor = registry.get("editor")
     assert (editor.tools, editor.writes, editor.unavailable) == (("files",), True, ("WebFetch",))
     assert editor.model == "inherit"
     everything = registry.get("everything")  # no tools field: every tool, as in Claude Code
-    assert (everything.tools, everything.writes) == (("files", "kv", "delegate"), True)
+    assert (everything.tools, everything.writes) == (("files", "kv", "delegate", "code"), True)
     assert registry.warnings == []
 
 
 @pytest.mark.parametrize(
     ("declared", "tools", "writes", "missing"),
     [
-        (None, ("files", "kv", "delegate"), True, ()),
+        (None, ("files", "kv", "delegate", "code"), True, ()),
         ([], (), False, ()),
         (["Read", "Grep", "Glob", "LS"], ("files",), False, ()),
         (["Write"], ("files",), True, ()),
@@ -206,11 +206,12 @@ def test_a_claude_code_agent_file_is_a_persona_with_its_tools_mapped_to_yools(
         (["read", "EDIT"], ("files",), True, ()),  # names match whatever their case
         (
             ["Bash", "WebSearch", "mcp__github__list"],
-            (),
+            ("code",),
             False,
-            ("Bash", "WebSearch", "mcp__github__list"),
+            ("WebSearch", "mcp__github__list"),
         ),
-        (["Bash", "Bash", " "], (), False, ("Bash",)),
+        (["WebFetch", "WebFetch", " "], (), False, ("WebFetch",)),
+        (["Bash", "code"], ("code",), False, ()),
     ],
 )
 def test_declared_tools_map_to_yools_groups_and_the_rest_are_named_unavailable(
@@ -334,7 +335,7 @@ def test_a_persona_file_round_trips_through_render_and_parse() -> None:
         tools=("files", "kv"),
         writes=True,
         model="opus",
-        unavailable=("Bash",),
+        unavailable=("WebFetch",),
         source="saved",
     )
     again = parse_persona(render_persona(persona), stem="x", source="saved")
@@ -410,7 +411,7 @@ def test_persona_save_stores_and_optionally_writes_a_file_that_then_takes_preced
         ({"name": "-dash", "prompt": "x"}, "is not a persona name"),
         ({"name": "a" * 65, "prompt": "x"}, "at most 64 characters"),
         ({"name": "ok", "prompt": "   "}, "prompt: blank"),
-        ({"name": "ok", "prompt": "x", "tools": ["Bash"]}, r"tools: unknown \['Bash'\]"),
+        ({"name": "ok", "prompt": "x", "tools": ["WebFetch"]}, r"tools: unknown \['WebFetch'\]"),
         ({"name": "ok", "prompt": "x" * 64_001}, "at most 64000 characters"),
         ({"name": "ok", "prompt": "x", "colour": "red"}, "Extra inputs are not permitted"),
     ],
@@ -464,7 +465,8 @@ def test_a_hire_runs_under_the_personas_prompt_and_model_with_tools_bounded_by_i
             ps = await _op(s, "ps")
             assert next(a for a in ps.agents if a.pid == hired.pid).persona == "auditor"
 
-            with pytest.raises(OpError, match=r"tools: persona 'auditor' may use only \['files'\]"):
+            only = r"tools: persona 'auditor' may use only \['files', 'code'\]"
+            with pytest.raises(OpError, match=only):
                 await _op(s, "persona_hire", name="auditor", task="t", tools=["files", "kv"])
             with pytest.raises(OpError, match="write_paths: persona 'auditor' may not write"):
                 await _op(s, "persona_hire", name="auditor", task="t", write_paths=["src"])

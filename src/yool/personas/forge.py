@@ -49,6 +49,7 @@ TOOL_NOTES = {
     "write": "write: create and edit files in the workspace",
     "kv": "kv: a persistent key-value store",
     "delegate": "delegate: hand independent sub-tasks to sub-agents",
+    "code": "code: run Python or sh in a sandbox (an empty directory, no network)",
 }
 
 _FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.S | re.M)

@@ -20,10 +20,11 @@ A file is markdown with YAML front matter, as Claude Code writes them::
     ---
     You are a meticulous reviewer...
 
-`tools` names yool's tool groups (`files`, `write`, `kv`, `delegate`) or Claude Code's tools,
-mapped to yool's (`TOOL_MAP`): Read/Grep/Glob/LS read files, Write/Edit/MultiEdit write them,
-Task delegates. Tools yool does not have (Bash, WebFetch, ...) are kept as declared but
-unavailable, and said so. A malformed file is skipped with a warning naming the file and the
+`tools` names yool's tool groups (`files`, `write`, `kv`, `delegate`, `code`) or Claude Code's
+tools, mapped to yool's (`TOOL_MAP`): Read/Grep/Glob/LS read files, Write/Edit/MultiEdit write
+them, Task delegates, Bash runs code (Python or sh, in yool's sandbox: an empty directory with
+no network, not the workspace). Tools yool does not have (WebFetch, ...) are kept as declared
+but unavailable, and said so. A malformed file is skipped with a warning naming the file and the
 problem; it never stops the server. Workspace files are re-read when their mtime, size or
 inode changes: each lookup costs a directory scan and a stat per file, no parse.
 """
@@ -56,7 +57,7 @@ NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 MAX_PROMPT_CHARS = 64_000  # spawn takes 100,000: room for the lessons a hire adds
 MAX_FILE_BYTES = 256 * 1024
 MAX_FILES = 500  # per directory; the rest are skipped with a warning
-GROUPS = ("files", "kv", "delegate")  # yool's tool groups, in the order they are listed
+GROUPS = ("files", "kv", "delegate", "code")  # yool's tool groups, in the order they are listed
 
 # Claude Code's tool names (and yool's own), lower-cased, to (yool group, may write files).
 TOOL_MAP: dict[str, tuple[str, bool]] = {
@@ -73,6 +74,8 @@ TOOL_MAP: dict[str, tuple[str, bool]] = {
     "multiedit": ("files", True),
     "notebookedit": ("files", True),
     "task": ("delegate", False),
+    "code": ("code", False),
+    "bash": ("code", False),
 }
 # Claude Code's model aliases, as Anthropic model ids (other providers use their own model).
 MODEL_ALIASES = {
@@ -95,11 +98,11 @@ class Persona:
     prompt: str  # the system prompt (the markdown body)
     description: str = ""
     domain: str = ""
-    tools: tuple[str, ...] = ()  # yool tool groups it may use ("files", "kv", "delegate")
+    tools: tuple[str, ...] = ()  # yool tool groups it may use ("files", "kv", "delegate", ...)
     model: str | None = None  # as declared: an alias (sonnet, opus, haiku) or a model id
     source: str = "builtin"  # builtin | saved | workspace (.yool/personas) | claude
     writes: bool = False  # "files" includes write access
-    unavailable: tuple[str, ...] = ()  # declared tools yool does not have (Bash, WebFetch...)
+    unavailable: tuple[str, ...] = ()  # declared tools yool does not have (WebFetch, ...)
     path: str | None = None  # the file it was read from, relative to the workspace
 
     def to_json(self) -> dict[str, Any]:

@@ -208,8 +208,8 @@ async def persona_save(call: Call, args: SaveArgs) -> Saved:
     tools, writes, unknown = map_tools(args.tools)
     if unknown:
         raise OpError(
-            f"tools: unknown {list(unknown)}; use files, write, kv, delegate (or Claude Code's "
-            "Read, Grep, Glob, LS, Write, Edit, MultiEdit, Task)"
+            f"tools: unknown {list(unknown)}; use files, write, kv, delegate, code (or Claude "
+            "Code's Read, Grep, Glob, LS, Write, Edit, MultiEdit, Task, Bash)"
         )
     persona = Persona(
         name=name,
