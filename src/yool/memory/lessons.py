@@ -6,15 +6,21 @@ over its text (porter stemming, diacritics folded). It belongs to one scope: `gl
 the workspace it was learnt in; recall searches this workspace's lessons and the global ones,
 and ranks this workspace's first. Remembering a text that is already known (compared after
 normalising case, whitespace and punctuation) merges the tags into the existing lesson and
-returns it. Recalling a lesson counts a use of it.
+returns it. Recalling a lesson counts a use of it (counted in memory and written in one batch
+at most USES_DELAY_S later, or on close: a write on every recall would send the next one to a
+cold page cache).
 
-Ranking is BM25 (FTS5's `bm25`). To keep a recall within a couple of milliseconds over a
-hundred thousand lessons, the work of ranking is bounded: the query's words are probed for how
-many lessons hold them (capped), and BM25 ranks the lessons holding the rarest words, as many
-words as fit `RANK_BUDGET` rows together. Words too common to fit still count: a candidate
-holding one gains that word's (estimated) BM25 weight. When every word is that common, the
-newest `WINDOW` lessons holding any of them are scored the same way. On a store where the
-query's words are in fewer than `RANK_BUDGET` lessons altogether, this is exact BM25.
+Ranking is BM25 (FTS5's `bm25`, over every query word), with its cost bounded so that a
+recall stays within a couple of milliseconds over a hundred thousand lessons (FTS5 scores
+every lesson matching any word, ~2 µs each: a common word in 10,000 lessons would cost 20 ms).
+Each word is first counted, up to RANK_BUDGET + 1. The rarest words, as many as are held by
+at most RANK_BUDGET lessons together, are ranked by FTS5's BM25; each of the more common words
+a candidate holds adds its BM25 weight (its count estimated from the newest ids, at one
+occurrence). When every word is common, the newest ANCHOR_WINDOW lessons holding the most
+telling one are scored that way, all in Python. When the query's words are held by at most
+RANK_BUDGET lessons altogether (any store of that size or less), this is exact BM25; past that
+it is an approximation (`bench/memory.py` measures how close). Lessons that fill the k past
+those come newest first.
 
 User text never reaches FTS5 as syntax: the query is cut into words, each quoted as a string.
 Writes go through the store's writer thread and reads run on its reader threads, so nothing
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
 import json
 import logging
 import math
@@ -67,11 +74,15 @@ MAX_MERGED_TAGS: Final = 32  # kept on one lesson after merges
 MAX_TAG_CHARS: Final = 40
 MAX_K: Final = 100
 MAX_TERMS: Final = 16  # distinct query words looked at (a long task text is cut here)
-MAX_COMMON: Final = 8  # too-common words whose presence is still scored
+MAX_COMMON: Final = 8  # too-common words looked at (to fill up the k)
+HELD_WORDS: Final = 4  # of them, the most telling, whose presence in a candidate is scored
 RANK_BUDGET: Final = 200  # lessons BM25 ranks per recall (bounds its cost)
 OPTIMIZE_EVERY: Final = 1000  # lessons added between two merges of the FTS index
 USES_DELAY_S: Final = 1.0  # uses counted by recall are written this much later, together
-WINDOW: Final = 48  # newest lessons scored when every query word is too common
+ANCHOR_WINDOW: Final = 80  # newest lessons of the most telling word, when all are common
+SAMPLE_SPAN: Final = 2000  # newest ids a common word's count is estimated from
+WINDOW: Final = 48  # newest lessons holding any common word, to fill up the k
+CACHE_KB: Final = 32_000  # page cache of a connection recall reads on (SQLite's default: 2 MB)
 K1: Final = 1.2  # FTS5's bm25 parameters, for the weights estimated here
 B: Final = 0.75
 
@@ -428,14 +439,24 @@ def _idf(hits: float, rows: float) -> float:
     return idf if idf > 0 else 1e-6
 
 
-def _probe(conn: sqlite3.Connection, terms: list[str]) -> list[int]:
-    """How many lessons hold each term, counted up to RANK_BUDGET + 1 (cheap at any size)."""
-    one = "(SELECT count(*) FROM (SELECT 1 FROM lessons_fts WHERE lessons_fts MATCH ? LIMIT ?))"
-    row = conn.execute(
-        "SELECT " + ", ".join([one] * len(terms)),
-        [x for t in terms for x in (_phrase(t), RANK_BUDGET + 1)],
+def _counts(conn: sqlite3.Connection, terms: list[str]) -> tuple[int, list[tuple[int, float]]]:
+    """The highest lesson id (about how many lessons there are), and for each term: how many
+    lessons hold it counted up to RANK_BUDGET + 1 (cheap at any size), and how many are
+    estimated to (from the newest SAMPLE_SPAN ids; exact on a store no bigger than that)."""
+    capped = "(SELECT count(*) FROM (SELECT 1 FROM lessons_fts WHERE lessons_fts MATCH ? LIMIT ?))"
+    newest = "(SELECT count(*) FROM lessons_fts WHERE lessons_fts MATCH ? AND rowid > top - ?)"
+    params: list[Any] = []
+    for term in terms:
+        params += [_phrase(term), RANK_BUDGET + 1, _phrase(term), SAMPLE_SPAN]
+    top, *row = conn.execute(
+        "WITH newest (top) AS (SELECT coalesce(max(id), 1) FROM lessons) SELECT top, "
+        + ", ".join([f"{capped}, {newest}"] * len(terms))
+        + " FROM newest",
+        params,
     ).fetchone()
-    return list(row)
+    span = min(top, SAMPLE_SPAN)
+    pairs = [(row[i], max(float(row[i]), row[i + 1] * top / span)) for i in range(0, len(row), 2)]
+    return top, pairs
 
 
 def _holding(
@@ -455,8 +476,27 @@ def _order(
     q: _Query, found: Mapping[int, tuple[str, float]], skip: Iterable[int] = ()
 ) -> list[int]:
     """Ids by scope (this workspace first), then score (higher first), then newest."""
-    left = set(found) - set(skip)
-    return sorted(left, key=lambda i: (found[i][0] != q.here, -found[i][1], -i))[: q.k]
+    here, skipped = q.here, set(skip)
+    keys = [(scope != here, -score, -i) for i, (scope, score) in found.items() if i not in skipped]
+    return [-key[2] for key in heapq.nsmallest(q.k, keys)]
+
+
+def _norms(rows: list[tuple[int, str, int]]) -> dict[int, float]:
+    """BM25's length normalisation at one occurrence, per lesson (length in characters)."""
+    mean = sum(n for _, _, n in rows) / len(rows) or 1.0
+    return {lid: (K1 + 1) / (1 + K1 * (1 - B + B * n / mean)) for lid, _, n in rows}
+
+
+def _window(
+    conn: sqlite3.Connection, match: str, size: int, where: str, params: tuple[Any, ...]
+) -> list[tuple[int, str, int]]:
+    """(id, scope, length) of the newest `size` lessons matching `match`, then filtered."""
+    return conn.execute(
+        "SELECT l.id, l.scope, length(l.text) FROM (SELECT rowid AS id FROM lessons_fts"
+        " WHERE lessons_fts MATCH ? ORDER BY rowid DESC LIMIT ?) w"
+        f" JOIN lessons l ON l.id = w.id WHERE 1{where}",
+        (match, size, *params),
+    ).fetchall()
 
 
 def _search(conn: sqlite3.Connection, q: _Query) -> list[int]:
@@ -471,28 +511,27 @@ def _search(conn: sqlite3.Connection, q: _Query) -> list[int]:
             (*params, q.here, q.k),
         )
         return [lid for (lid,) in rows]
-    counts = sorted(
-        (n, t) for n, t in zip(_probe(conn, list(q.terms)), q.terms, strict=True) if n > 0
-    )
+    top, pairs = _counts(conn, list(q.terms))
+    counts = sorted((n, est, t) for (n, est), t in zip(pairs, q.terms, strict=True) if n > 0)
     if not counts:
         return []
     rare: list[str] = []
     total = 0
-    for n, term in counts:
+    for n, _, term in counts:
         if total + n > RANK_BUDGET:
             break
         rare.append(term)
         total += n
-    common = [t for _, t in counts[len(rare) :]][:MAX_COMMON]
-    weights: list[float] = []
-    if common:
-        # A too-common word is in more than RANK_BUDGET lessons and at most all of them: its
-        # weight takes the geometric mean of the two as its count.
-        rows_now = max(conn.execute("SELECT coalesce(max(id), 0) FROM lessons").fetchone()[0], 1)
-        hits = math.sqrt((RANK_BUDGET + 1) * max(rows_now, RANK_BUDGET + 1))
-        weights = [_idf(min(hits, rows_now), rows_now)] * len(common)
-    chosen: list[int] = []
+    # The common ones, the most telling (estimated to be in the fewest lessons) first.
+    spread = sorted((est, t) for _, est, t in counts[len(rare) :])[:MAX_COMMON]
+    common = [t for _, t in spread]
+    weights = [_idf(min(est, top), top) for est, _ in spread]
+    found: dict[int, tuple[str, float]] = {}
+    norms: dict[int, float] = {}  # the common words' weights scale by these (1 if absent)
+    match = ""
+    extra: list[str] = []
     if rare:
+        # Exact BM25 over the rare words; a common word held adds its weight.
         match = _any(rare)
         found = {
             lid: (scope, -rank)
@@ -502,14 +541,22 @@ def _search(conn: sqlite3.Connection, q: _Query) -> list[int]:
                 (match, *params),
             )
         }
-        if found and common:
-            for lid, i in _holding(conn, match, common):
-                if lid in found:
-                    scope, score = found[lid]
-                    found[lid] = (scope, score + weights[i])
-        chosen = _order(q, found)
+        extra = common[:HELD_WORDS]
+    elif common:
+        # Every word is common: score the newest lessons holding the most telling one.
+        match = _phrase(common[0])
+        anchored = _window(conn, match, ANCHOR_WINDOW, where, params)
+        norms = _norms(anchored) if anchored else {}
+        found = {lid: (scope, weights[0] * norms[lid]) for lid, scope, _ in anchored}
+        extra, weights = common[1:HELD_WORDS], weights[1:HELD_WORDS]
+    if found and extra:
+        for lid, i in _holding(conn, match, extra, min(found)):
+            if lid in found:
+                scope, score = found[lid]
+                found[lid] = (scope, score + weights[i] * norms.get(lid, 1.0))
+    chosen = _order(q, found)
     if len(chosen) < q.k and common:
-        chosen += _newest(conn, q, common, weights, where, params, skip=chosen)
+        chosen += _newest(conn, q, common, where, params, skip=chosen)
     return chosen
 
 
@@ -517,35 +564,37 @@ def _newest(
     conn: sqlite3.Connection,
     q: _Query,
     common: list[str],
-    weights: list[float],
     where: str,
     params: tuple[Any, ...],
     skip: list[int],
 ) -> list[int]:
-    """The best of the newest WINDOW lessons holding any of the (too common) words: BM25 as if
-    each word held occurred once, so lessons holding more of them, then shorter ones, first."""
-    rows = conn.execute(
-        "SELECT l.id, l.scope, length(l.text) FROM (SELECT rowid AS id FROM lessons_fts"
-        " WHERE lessons_fts MATCH ? ORDER BY rowid DESC LIMIT ?) w"
-        f" JOIN lessons l ON l.id = w.id WHERE 1{where}",
-        (_any(common), WINDOW, *params),
-    ).fetchall()
+    """To fill up: the newest lessons holding any of the common words, shorter first."""
+    rows = _window(conn, _any(common), WINDOW, where, params)
     if not rows:
         return []
-    mean = sum(n for _, _, n in rows) / len(rows) or 1.0
-    norm = {lid: (K1 + 1) / (1 + K1 * (1 - B + B * n / mean)) for lid, _, n in rows}
-    found = {lid: (scope, 0.0) for lid, scope, _ in rows}
-    held = _holding(conn, "", common, min(found)) if len(common) > 1 else []
-    if len(common) == 1:
-        held = [(lid, 0) for lid in found]
-    for lid, i in held:
-        if lid in found:
-            scope, score = found[lid]
-            found[lid] = (scope, score + weights[i] * norm[lid])
+    norms = _norms(rows)
+    found = {lid: (scope, norms[lid]) for lid, scope, _ in rows}
     return _order(q, found, skip)[: q.k - len(skip)]
 
 
+def _warm(conn: sqlite3.Connection) -> None:
+    """Give a reader connection a page cache that holds a large store's working set, once.
+
+    Recall reads the FTS index and the lessons it ranks at random; with SQLite's default
+    2 MB cache, a third of a recall over 100,000 lessons goes to re-reading pages from the
+    OS. (Connections can't be weakly referenced: they are known by id; a reused id at worst
+    leaves a new connection on the default cache.)
+    """
+    if id(conn) not in _WARMED:
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KB}")
+        _WARMED.add(id(conn))
+
+
+_WARMED: set[int] = set()
+
+
 def _recall(conn: sqlite3.Connection, q: _Query) -> list[Lesson]:
+    _warm(conn)
     ids = _search(conn, q)
     if not ids:
         return []
