@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from yool.sandbox import bwrap, workdir
+from yool.sandbox import bwrap, mounts, workdir
 from yool.sandbox.cgroups import TaskGroup
 from yool.sandbox.probe import BWRAP, CGROUPS, LANDLOCK, SECCOMP, Probe, SandboxUnavailable, probe
 from yool.sandbox.spec import (
@@ -111,7 +111,8 @@ def runtime_paths() -> list[str]:
         with contextlib.suppress(KeyError):
             paths.add(sysconfig.get_paths()[key])
     paths.add(os.path.dirname(os.path.dirname(os.path.abspath(yool.__file__))))
-    paths.add(os.path.dirname(os.path.abspath(load_module().__file__)))
+    with contextlib.suppress(ImportError, OSError, RuntimeError):  # no seccomp: not needed
+        paths.add(os.path.dirname(os.path.abspath(load_module().__file__)))
     paths.add(os.path.dirname(os.path.realpath(sys.executable)))
     return sorted(p for p in paths if os.path.exists(p))
 
@@ -235,6 +236,7 @@ class Pool:
         self._root: str | None = None
         self._ro: list[str] = []
         self._nproc_base = 0
+        self._setup: dict[str, Any] | None = None  # the zygotes' start-up (see zygote.py)
         self._closed = False
         self.runs = 0
 
@@ -251,6 +253,7 @@ class Pool:
                 self._root = await asyncio.to_thread(self._make_root, found)
                 self._ro = [*await asyncio.to_thread(runtime_paths), *self.config.ro_paths]
                 self._nproc_base = await asyncio.to_thread(_threads_of, self._run_uid(found))
+                self._setup = await asyncio.to_thread(self._zygote_setup, found)
                 self.probe = found
             self._zygotes = [z for z in self._zygotes if z.alive]
             missing = self.config.zygotes - len(self._zygotes)
@@ -258,6 +261,14 @@ class Pool:
                 made = await asyncio.gather(*(self._spawn() for _ in range(missing)))
                 self._zygotes.extend(made)
             return self.probe
+
+    def _zygote_setup(self, p: Probe) -> dict[str, Any] | None:
+        """Root without bubblewrap, from a runtime the dropped uid cannot reach: expose it."""
+        if p.bwrap is not None or p.drop_to is None or self._root is None:
+            return None
+        uid, gid = p.drop_to
+        needed = [*self._ro, self._root]
+        return {"expose": needed, "uid": uid, "gid": gid} if mounts.plan(needed, uid, gid) else None
 
     def _run_uid(self, p: Probe) -> int:
         return p.drop_to[0] if p.drop_to else os.getuid()
@@ -278,6 +289,8 @@ class Pool:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         argv = [self.config.python, "-I", "-m", "yool.sandbox.zygote", str(child.fileno())]
         env = dict(BASE_ENV, PYTHONDONTWRITEBYTECODE="1")
+        if self._setup is not None:
+            argv.append(json.dumps(self._setup))
         if p.bwrap is not None:
             argv = bwrap.command(
                 p.bwrap,

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from yool.sandbox import bwrap, cgroups, landlock
+from yool.sandbox import bwrap, cgroups, landlock, mounts
 
 SUPERVISOR, RLIMITS, PRIVDROP, LANDLOCK, SECCOMP, BWRAP, CGROUPS = range(7)
 NAMES = ("supervisor", "rlimits", "privdrop", "landlock", "seccomp", "bwrap", "cgroups")
@@ -130,13 +130,18 @@ def probe(drop_uid: int = 65534, *, fresh: bool = False) -> Probe:
 
     add(SUPERVISOR, True, "env allowlist, closed fds, new session, wall clock, output cap")
     add(RLIMITS, True, "address space, CPU, file size, open files, no core, processes")
+    bw, why = _bwrap(root)
     drop_to: tuple[int, int] | None = None
     if root:
         if drop_uid == 0:
             add(PRIVDROP, False, "YOOL_SANDBOX_UID is 0")
         else:
-            drop_to = (drop_uid, _gid_of(drop_uid))
-            add(PRIVDROP, True, f"root: each child drops to uid {drop_to[0]} gid {drop_to[1]}")
+            target = (drop_uid, _gid_of(drop_uid))
+            ok, how = True, f"root: each child drops to uid {target[0]} gid {target[1]}"
+            if bw is None:
+                ok, how = _reachable(how, *target)
+            drop_to = target if ok else None
+            add(PRIVDROP, ok, how)
     else:
         add(PRIVDROP, True, f"not root: code runs as uid {os.getuid()} with no capabilities")
     abi = landlock.abi()
@@ -145,13 +150,30 @@ def probe(drop_uid: int = 65534, *, fresh: bool = False) -> Probe:
     else:
         add(LANDLOCK, False, "the kernel has no Landlock (or it is disabled)")
     add(SECCOMP, *_seccomp())
-    bw, why = _bwrap(root)
     add(BWRAP, bw is not None, why)
     hierarchy, how = cgroups.detect()
     add(CGROUPS, hierarchy is not None, how)
     result = Probe(tuple(found), root, abi, bw, hierarchy, drop_to)
     _cache[key] = result
     return result
+
+
+def _reachable(how: str, uid: int, gid: int) -> tuple[bool, str]:
+    """Without bubblewrap: can `uid` reach the Python runtime (or can a zygote expose it)?"""
+    from yool.sandbox.pool import runtime_paths  # (the pool imports this module)
+
+    blocked = mounts.unreachable(runtime_paths(), uid, gid)
+    if not blocked:
+        return True, how
+    where = ", ".join(sorted(set(blocked.values())))
+    itself = any(path == closed for path, closed in blocked.items())  # nothing to expose
+    if itself or not mounts.can_unshare():
+        return False, (
+            f"uid {uid} cannot reach the Python runtime ({where} is closed to it) and this "
+            "process cannot make a mount namespace to expose it: install bubblewrap or use a "
+            "Python outside a private home"
+        )
+    return True, f"{how}; {where} re-made for it in the zygotes' own mount namespace"
 
 
 def _gid_of(uid: int) -> int:

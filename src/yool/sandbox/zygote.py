@@ -1,7 +1,10 @@
 """A warm zygote: a Python with the runtime imported that forks one child per task.
 
-Started by the pool as `python -I -m yool.sandbox.zygote FD` (inside bubblewrap where it
-works) with its control socket (SOCK_SEQPACKET) on descriptor FD and a minimal environment.
+Started by the pool as `python -I -m yool.sandbox.zygote FD [SETUP]` (inside bubblewrap
+where it works) with its control socket (SOCK_SEQPACKET) on descriptor FD and a minimal
+environment. SETUP is JSON: `{"expose": [paths], "uid": u, "gid": g}` asks it (root, without
+bubblewrap) to make those paths reachable by the uid its children drop to (`mounts.expose`)
+before anything else.
 It speaks JSON messages on that socket:
 
 - pool -> zygote: `{"op": "run", "spec": {...}}` with the child's stdout, stderr and callback
@@ -52,8 +55,11 @@ def _warm() -> None:
             importlib.import_module(name)
     from yool.sandbox import child, seccomp
 
-    seccomp.load_module()  # resolves libseccomp now: the child could not (ldconfig, /tmp)
-    child.prepare()
+    try:
+        seccomp.load_module()  # resolves libseccomp now: the child could not (ldconfig, /tmp)
+        child.prepare()
+    except (ImportError, OSError, RuntimeError, ValueError):
+        pass  # no seccomp here: the probe says so, and a child asked for it fails closed
     gc.collect()
     gc.freeze()  # what is here now is never touched by the collector: fewer copied pages
 
@@ -73,9 +79,27 @@ def _send(ctl: socket.socket, msg: dict[str, Any]) -> None:
     ctl.send(json.dumps(msg).encode())
 
 
+def _setup(raw: str) -> None:
+    setup = json.loads(raw)
+    if setup.get("expose"):
+        from yool.sandbox import mounts
+
+        try:
+            mounts.expose(setup["expose"], int(setup["uid"]), int(setup["gid"]))
+        except OSError as e:
+            print(
+                f"yool sandbox: cannot make the runtime reachable by uid {setup['uid']} "
+                f"without bubblewrap ({e}); install bubblewrap",
+                file=sys.stderr,
+            )
+            raise SystemExit(1) from None
+
+
 def main() -> None:
     ctl = socket.socket(fileno=int(sys.argv[1]) if len(sys.argv) > 1 else CTL_FD)
     ctl.setblocking(True)
+    if len(sys.argv) > 2:
+        _setup(sys.argv[2])
     _warm()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
