@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,5 +209,39 @@ def test_code_run_over_mcp_stdio(tmp_path: Path, mode: str) -> None:
             assert bad.structured_content and "relative path" in str(bad.structured_content)
             wrong = await c.call_tool("code_run", {"code": "x", "lang": "ruby"})
             assert wrong.is_error
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_without_bubblewrap_code_run_fails_closed_and_a_lower_level_is_accepted_by_name(
+    tmp_path: Path, mode: str
+) -> None:
+    bare = tmp_path / "bin"  # a PATH with no bwrap on it: as on a machine without bubblewrap
+    bare.mkdir()
+
+    def params(level: str) -> StdioServerParameters:
+        p = _params(tmp_path, tmp_path / "home")
+        env = {**(p.env or {}), "PATH": str(bare), "YOOL_SANDBOX_LEVEL": level}
+        return StdioServerParameters(command=p.command, args=p.args, env=env, cwd=p.cwd)
+
+    async def main() -> None:
+        async with Client(params("6"), mode=mode) as c:
+            refused = await c.call_tool("code_run", {"code": "print('ran')"})
+            assert refused.is_error
+            text = " ".join(getattr(b, "text", "") for b in refused.content)
+            assert "layer 5 (bwrap) is missing: bubblewrap is not installed" in text, text
+            assert "host's network, pid" in text  # what that leaves open
+            knob = re.search(r"set YOOL_SANDBOX_LEVEL=(\d) to accept that", text)
+            assert knob is not None and int(knob.group(1)) < 5, text
+            assert "ran" not in text
+            ps = await c.call_tool("ps", {})
+            assert not ps.is_error  # the server itself is fine
+        async with Client(params(knob.group(1)), mode=mode) as c:
+            ran = await c.call_tool("code_run", {"code": "print('ran')"})
+            assert not ran.is_error, ran.content
+            out = ran.structured_content
+            assert out is not None and out["stdout"] == "ran\n"
+            assert "bwrap" not in out["layers"] and out["layers"][:2] == ["supervisor", "rlimits"]
 
     asyncio.run(main())
