@@ -201,6 +201,24 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
     ),
     LESSONS_SCHEMA,
+    (
+        # The tuple space's durable lanes and their tuples, and lazy batches' compressed
+        # agents (see `yool.tuplespace`).
+        "CREATE TABLE tuple_lanes (lane TEXT PRIMARY KEY) WITHOUT ROWID",
+        """CREATE TABLE tuple_rows (
+            lane TEXT NOT NULL,
+            id INTEGER NOT NULL,
+            data TEXT NOT NULL,
+            PRIMARY KEY (lane, id)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE batches (batch TEXT PRIMARY KEY, spec TEXT NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE batch_tokens (
+            batch TEXT NOT NULL,
+            agent INTEGER NOT NULL,
+            token TEXT NOT NULL,
+            PRIMARY KEY (batch, agent)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -31,6 +31,7 @@ from yool.drivers.llm.factory import PROVIDERS, configured_providers, make_provi
 from yool.drivers.llm.provider import Provider, ProviderError
 from yool.drivers.llm.sampling import SamplingProvider
 from yool.drivers.sandbox import SandboxDriver
+from yool.drivers.tuples import TuplesDriver
 from yool.kernel import INIT, INTERRUPTED, Budget, Down, ExitReason, Kernel, Message, Sys
 from yool.kernel.accounts import Account
 from yool.kernel.events import Event
@@ -42,6 +43,7 @@ from yool.sandbox import Config as SandboxConfig
 from yool.sandbox import Pool as SandboxPool
 from yool.tools.host import HostRequests
 from yool.tools.table import OpError
+from yool.tuplespace import LANE_RIGHTS, TupleSpace
 from yool.userland.agents import AgentResult, register_agents
 from yool.userland.agents.react import TURN
 
@@ -198,6 +200,10 @@ class Session:
         # Zygotes start on the first code run, not here: most sessions never run code.
         self.sandbox_pool = SandboxPool(SandboxConfig.from_policy(self.policy))
         sandbox = k.register_driver(SandboxDriver(self.sandbox_pool, k, self.lessons))
+        # The tuple space: durable lanes come back from the store before anyone can ask.
+        self.tuples = TupleSpace(k.store, queue_maxsize=self.policy.queue_maxsize)
+        await self.tuples.load()
+        tuples = k.register_driver(TuplesDriver(self.tuples, k.caps))
         budget = Budget.from_policy(self.policy)
         self._root_files = init.derive(files)
         self._root_kv = init.derive(kv)
@@ -210,6 +216,10 @@ class Session:
         )
         child = init.spawn(_session_main, self, name="session", budget=budget, caps=handed)
         self._sys = k.procs[child.pid].sys
+        self._root_tuples = init.derive(tuples)
+        k.caps.transfer(INIT, self._root_tuples, child.pid)
+        # Every lane, every right: the session's own; agents get derived (narrower) copies.
+        self._root_lanes = k.caps.mint(child.pid, "lane", "*", LANE_RIGHTS)
         k.events.sinks.append(self._observe)
         await self._load_records()
         await self.personas.load()
@@ -254,6 +264,15 @@ class Session:
     @property
     def kv_device(self) -> str:
         return self._root_kv
+
+    @property
+    def tuples_device(self) -> str:
+        return self._root_tuples
+
+    @property
+    def lane_cap(self) -> str:
+        """The session's capability over every lane (read, take, write)."""
+        return self._root_lanes
 
     @property
     def sandbox_device(self) -> str:

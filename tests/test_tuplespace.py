@@ -1,0 +1,346 @@
+"""The tuple space: template matching (property-tested), the index, blocking and timeouts,
+cancellation, lane capabilities, and durable lanes across a restart of a real session."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from yool.drivers.tuples import TuplesDriver
+from yool.kernel import CapError, KernelError
+from yool.policy import RuntimePolicy
+from yool.tools import Session
+from yool.tuplespace import SpaceError, Template, TemplateError, TupleError, TupleSpace
+from yool.tuplespace.templates import key
+
+# -- matching, against an independent reading of the rules --------------------------------
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.sampled_from([0.5, -1.5, 2.0]),
+    st.text("ab/", max_size=3),
+)
+values = st.one_of(scalars, st.lists(st.integers(0, 2), max_size=2))
+tuples = st.lists(values, min_size=1, max_size=3)
+
+
+def _type_of(v: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "object"}.get(
+        type(v), "null"
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return (type(a) in (int, float) and type(b) in (int, float) and a == b) or (
+        type(a) is type(b) and a == b
+    )
+
+
+def _fits(field: Any, v: Any) -> bool:
+    if field is None:
+        return True
+    if not isinstance(field, dict):
+        return _same(field, v)
+    ok = True
+    if "type" in field:
+        t = _type_of(v)
+        ok &= t == field["type"] or (field["type"] == "number" and t in ("int", "float"))
+    if "prefix" in field:
+        ok &= isinstance(v, str) and v.startswith(field["prefix"])
+    num = type(v) in (int, float)
+    for k, test in (("gte", "__ge__"), ("lt", "__lt__")):
+        if k in field:
+            ok &= num and getattr(v, test)(field[k])
+    return ok
+
+
+@st.composite
+def field_for(draw: st.DrawFn, v: Any) -> Any:
+    kind = draw(st.sampled_from(["any", "eq", "eq_other", "type", "range", "prefix"]))
+    if kind == "any":
+        return None
+    if kind == "eq":
+        return v
+    if kind == "eq_other":
+        return draw(values)
+    if kind == "type":
+        return {"type": draw(st.sampled_from(["str", "int", "float", "number", "bool", "list"]))}
+    if kind == "range":
+        lo = draw(st.integers(-5, 5))
+        return {"gte": lo, "lt": lo + draw(st.integers(0, 4))}
+    return {"prefix": draw(st.text("ab/", max_size=2))}
+
+
+@st.composite
+def space_and_template(draw: st.DrawFn) -> tuple[list[list[Any]], list[Any]]:
+    stored = draw(st.lists(tuples, max_size=25))
+    shape = draw(tuples)
+    template = [draw(field_for(v)) for v in shape]
+    return stored, template
+
+
+@settings(max_examples=300, deadline=None)
+@given(space_and_template())
+def test_scan_finds_exactly_the_tuples_every_field_fits(case: tuple[list[Any], list[Any]]) -> None:
+    stored, template = case
+    space = TupleSpace()
+    for t in stored:
+        space.out_nowait("l", t)
+    want = [
+        t
+        for t in stored
+        if len(t) == len(template) and all(_fits(f, v) for f, v in zip(template, t, strict=True))
+    ]
+    got = space.scan("l", template, limit=1000)
+    assert sorted(map(repr, got)) == sorted(repr(tuple(t)) for t in want)
+    assert all(Template(template).matches(t) for t in got)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(tuples, max_size=20), tuples)
+def test_in_takes_each_matching_tuple_once_and_leaves_the_others(
+    stored: list[list[Any]], shape: list[Any]
+) -> None:
+    space = TupleSpace()
+    for t in [*stored, shape]:
+        space.out_nowait("l", t)
+    template = list(shape)  # all equality: answered from the index
+    taken = []
+    while (t := space.inp("l", template)) is not None:
+        taken.append(t)
+    assert taken and all(Template(template).matches(t) for t in taken)
+    left = space.scan("l", [None] * len(shape), 1000)
+    assert not any(Template(template).matches(t) for t in left)
+    assert space.count("l") + len(taken) == len(stored) + 1
+
+
+def test_equal_numbers_match_but_bools_are_not_numbers() -> None:
+    assert key(1) == key(1.0) and key(True) != key(1) and key([1]) == key([1.0])
+    space = TupleSpace()
+    space.out_nowait("l", [True])
+    space.out_nowait("l", [1.0])
+    assert space.scan("l", [1]) == [(1.0,)]
+    assert space.scan("l", [{"type": "bool"}]) == [(True,)]
+    assert space.scan("l", [{"gte": 0}]) == [(1.0,)]  # a bool is never in a numeric range
+
+
+def test_bad_templates_and_tuples_are_refused_naming_the_field() -> None:
+    with pytest.raises(TemplateError, match=r"template\[1\].*unknown constraint regex"):
+        Template(["a", {"regex": "x"}])
+    with pytest.raises(TemplateError, match=r"template\[0\]: range bounds mix"):
+        Template([{"gte": 1, "lt": "z"}])
+    with pytest.raises(TemplateError, match=r"type: 'text' is not one of"):
+        Template([{"type": "text"}])
+    with pytest.raises(TupleError, match=r"tuple\[0\].*finite"):
+        TupleSpace().out_nowait("l", [float("nan")])
+    with pytest.raises(TupleError, match="1 to 64 fields"):
+        TupleSpace().out_nowait("l", [])
+    with pytest.raises(SpaceError, match="not a lane name"):
+        TupleSpace().out_nowait("bad lane!", [1])
+
+
+def test_an_equality_template_looks_only_at_tuples_holding_its_value() -> None:
+    space = TupleSpace()
+    for i in range(50_000):
+        space.out_nowait("jobs", ["job", i % 1000, i])
+    space.out_nowait("jobs", ["job", 7, -1])
+    lane = space._lanes["jobs"]
+    # The smallest equality bucket is tried: 51 tuples hold 7, not the 50,001 holding "job".
+    ids = lane.candidates(Template(["job", 7, None]))
+    assert ids is not None and len(list(ids)) == 51
+    assert lane.candidates(Template(["job", 5000, None])) is None  # no such value: no work
+    assert space.inp("jobs", ["job", 7, {"lt": 0}]) == ("job", 7, -1)
+
+
+# -- blocking, timeouts, cancellation -------------------------------------------------------
+
+
+def test_in_waits_for_a_matching_out_and_other_tuples_do_not_wake_it(virtual: Any) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        waiter = asyncio.ensure_future(space.in_("l", ["done", None]))
+        await asyncio.sleep(1)
+        space.out_nowait("l", ["other", 1])
+        await asyncio.sleep(1)
+        assert not waiter.done()
+        space.out_nowait("l", ["done", 42])
+        got = await waiter
+        return got, space.count("l"), space.waiting("l")
+
+    assert virtual(main()) == (("done", 42), 1, 0)  # taken, never stored; "other" remains
+
+
+def test_one_out_wakes_every_rd_but_only_the_first_in(virtual: Any) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        readers = [asyncio.ensure_future(space.rd("l", [None])) for _ in range(3)]
+        takers = [asyncio.ensure_future(space.in_("l", [None])) for _ in range(2)]
+        await asyncio.sleep(0)
+        space.out_nowait("l", ["x"])
+        await asyncio.sleep(0)
+        got = [r.result() for r in readers]
+        first, second = takers
+        assert first.done() and not second.done()
+        space.out_nowait("l", ["y"])
+        return got, first.result(), await second, space.count("l")
+
+    assert virtual(main()) == ([("x",)] * 3, ("x",), ("y",), 0)
+
+
+def test_a_timed_out_in_returns_none_and_leaves_no_waiter(virtual: Any) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        got = await space.in_("l", ["x"], wait_s=2.5)
+        waited = loop.time() - t0
+        space.out_nowait("l", ["x"])  # nobody is waiting any more: it is stored
+        return got, round(waited, 3), space.waiting("l"), space.count("l")
+
+    assert virtual(main()) == (None, 2.5, 0, 1)
+
+
+def test_a_cancelled_in_leaves_no_waiter_and_no_tuple_is_lost(virtual: Any) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        waiter = asyncio.ensure_future(space.in_("l", [None]))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert space.waiting("l") == 0
+        # handed a tuple, then cancelled before it could resume: the tuple goes back
+        late = asyncio.ensure_future(space.in_("l", [None]))
+        await asyncio.sleep(0)
+        space.out_nowait("l", ["precious"])
+        late.cancel()
+        await asyncio.gather(late, return_exceptions=True)
+        return late.cancelled(), space.scan("l", [None]), space.waiting("l")
+
+    assert virtual(main()) == (True, [("precious",)], 0)
+
+
+def test_a_full_lane_refuses_more_tuples(virtual: Any) -> None:
+    space = TupleSpace(queue_maxsize=2)
+    space.out_nowait("l", [1])
+    space.out_nowait("l", [2])
+    with pytest.raises(SpaceError, match="full"):
+        space.out_nowait("l", [3])
+
+
+# -- capabilities and the device -------------------------------------------------------------
+
+
+def run_session(home: Path, body: Any) -> Any:
+    async def main() -> Any:
+        pol = RuntimePolicy(home=home, heartbeat_s=0.05)
+        async with Session.open(pol, workspace=home, environ={}) as session:
+            return await body(session)
+
+    return asyncio.run(main())
+
+
+def test_lane_capabilities_grant_rights_per_lane_and_die_when_revoked(tmp_path: Path) -> None:
+    async def body(session: Session) -> None:
+        sys = session.sys
+        # A read-only capability narrowed to lanes under "jobs/", handed to a child.
+        read_only = sys.derive(session.lane_cap, ("read",), caveat={"lane": "jobs/*"})
+        writer = sys.derive(session.lane_cap, ("write", "take"))
+        dev = sys.derive(session.tuples_device)
+        seen: dict[str, Any] = {}
+        done = asyncio.Event()
+        refused = asyncio.Event()
+
+        async def child(csys: Any) -> None:
+            h = await csys.open(dev)
+            await csys.write(h, {"op": "out", "lane": "jobs/a", "tuple": ["t", 1]})
+            seen["rd"] = await csys.read(h, {"op": "rd", "lane": "jobs/a", "template": [None, 1]})
+            for req in (
+                {"op": "rd", "lane": "other", "template": [None]},
+                {"op": "in", "lane": "jobs/a", "template": [None, None], "cap": read_only},
+            ):
+                try:
+                    await csys.read(h, req)
+                except KernelError as e:
+                    seen.setdefault("refused", []).append(str(e))
+            refused.set()
+            await done.wait()
+            try:
+                await csys.read(h, {"op": "rd", "lane": "jobs/a", "template": [None, 1]})
+            except KernelError as e:
+                seen["after_revoke"] = str(e)
+
+        c = sys.spawn(child, caps=[read_only, writer, dev])
+        await refused.wait()
+        session.kernel.caps.revoke(read_only)
+        done.set()
+        await sys.wait(c.ref)
+        assert seen["rd"] == ["t", 1]
+        assert "holds no lane capability with 'read' over 'other'" in seen["refused"][0]
+        assert "lacks right 'take'" in seen["refused"][1]
+        assert "holds no lane capability with 'read'" in seen["after_revoke"]
+        assert session.tuples.count("jobs/a") == 1
+
+    run_session(tmp_path / "home", body)
+
+
+def test_the_driver_requires_the_right_for_each_operation() -> None:
+    from yool.kernel.caps import CapTable
+
+    caps = CapTable(lambda: 0.0)
+    space = TupleSpace()
+    driver = TuplesDriver(space, caps)
+    ref = caps.mint(7, "lane", "a*", ("read",))
+    driver.authorise(7, "abc", "read")
+    with pytest.raises(CapError, match="lacks right 'write'"):
+        driver.authorise(7, "abc", "write", ref)
+    with pytest.raises(CapError, match="does not cover lane 'b'"):
+        driver.authorise(7, "b", "read", ref)
+    with pytest.raises(CapError, match="not held by pid 8"):
+        driver.authorise(8, "abc", "read", ref)
+
+
+# -- durability ------------------------------------------------------------------------------
+
+
+def test_durable_lanes_survive_a_restart_and_plain_ones_do_not(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+
+    async def first(session: Session) -> None:
+        space = session.tuples
+        space.declare("work", durable=True)
+        for i in range(5):
+            await space.out("work", ["task", i, {"path": f"src/{i}.py"}])
+        space.out_nowait("scratch", ["gone"])
+        assert await space.in_("work", ["task", 2, None]) == ("task", 2, {"path": "src/2.py"})
+
+    async def second(session: Session) -> Any:
+        space = session.tuples
+        left = sorted(t[1] for t in space.scan("work", [None, None, None]))
+        nxt = await space.out("work", ["task", 9, None])
+        return left, space.is_durable("work"), space.count("scratch"), nxt
+
+    run_session(home, first)
+    left, durable, scratch, nxt = run_session(home, second)
+    assert (left, durable, scratch) == ([0, 1, 3, 4], True, 0)
+    assert nxt > 5  # ids are never reused across restarts
+
+    async def third(session: Session) -> Any:
+        return session.tuples.count("work")
+
+    assert run_session(home, third) == 5
+
+
+def test_a_durable_lane_needs_a_store() -> None:
+    with pytest.raises(SpaceError, match="need a store"):
+        TupleSpace().declare("l", durable=True)
