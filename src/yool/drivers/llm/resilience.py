@@ -28,7 +28,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 from yool.drivers.llm.provider import ProviderError
 from yool.drivers.llm.types import LLMRequest, LLMResponse, Msg
@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 Call = Callable[[LLMRequest], Awaitable[LLMResponse]]
+T = TypeVar("T")
 RATE_LIMITED = frozenset({429, 529})
 
 
@@ -400,18 +401,26 @@ class Hedger:
         return max(self.floor_s, ordered[index])
 
     async def run(self, call: Call, request: LLMRequest) -> LLMResponse:
-        started = _now()
         if not request.idempotent:
+            started = _now()
             response = await call(request)
             self.observe(_now() - started)
             return response
-        first = asyncio.ensure_future(call(request))
+        return await self.race(lambda: call(request))
+
+    async def race(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run `attempt()`, and a second one if the first is slow; the first success wins.
+
+        Only for idempotent work (a provider call, a lane task marked idempotent): both may run.
+        """
+        started = _now()
+        first = asyncio.ensure_future(attempt())
         tasks = [first]
         try:
             done, _ = await asyncio.wait(tasks, timeout=self.delay())
             if not done:
                 self.hedges += 1
-                tasks.append(asyncio.ensure_future(call(request)))
+                tasks.append(asyncio.ensure_future(attempt()))
             errors: list[BaseException] = []
             pending = set(tasks)
             while pending:

@@ -1,0 +1,248 @@
+"""Lazy hierarchical batch spawn: depth x branching logical agents, real only while they work.
+
+`Batch` declares `branching ** depth` logical agents under a controller (32^4 = 1,048,576) in
+constant time and memory: an agent is an index whose place in the tree is its digits in base
+`branching`, and nothing exists for it until work for it arrives. Work is a tuple
+`[agent_index, ...]` on the batch's lane; `serve` drains the lane with a `LanePool` and hands
+each task to its agent, materialising it first. At most `threshold` agents
+(`YOOL_COMPRESSION_THRESHOLD`) are materialised at once: beyond that the least recently used
+idle agent is compressed to a token (its state, task count and spend as compact JSON), written
+to the store's `batch_tokens` table when there is a store (`tokens_in_store` reads them back),
+and restored from the token on its next task.
+
+Budgets come from the controller: each materialised agent has a kernel `Account` whose parent
+is the controller's, so whatever an agent spends is charged to the controller and every
+ancestor, all or nothing, and an agent can never spend what the controller has not got. A
+restored agent's account carries its spend so far without charging it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from yool.kernel.accounts import Account, Budget
+from yool.policy import RuntimePolicy
+from yool.tuplespace.pool import LanePool
+from yool.tuplespace.space import Tup, TupleSpace
+
+if TYPE_CHECKING:
+    from yool.kernel.store import Store
+
+__all__ = ["MAX_AGENTS", "Agent", "Batch", "BatchError", "tokens_in_store"]
+
+MAX_AGENTS: Final = 2**40
+_dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class BatchError(ValueError):
+    """A batch that cannot be declared or an agent index outside it."""
+
+
+class Agent:
+    """One materialised logical agent: its place in the tree, its state and its account."""
+
+    __slots__ = ("account", "busy", "index", "path", "state", "tasks")
+
+    def __init__(self, index: int, path: tuple[int, ...], account: Account) -> None:
+        self.index = index
+        self.path = path
+        self.account = account
+        self.state: dict[str, Any] = {}
+        self.tasks = 0
+        self.busy = 0
+
+    def token(self) -> str:
+        a = self.account
+        return _dumps(
+            {
+                "i": self.index,
+                "n": self.tasks,
+                "s": self.state,
+                "u": [a.tokens, a.usd, a.tool_calls],
+            }
+        )
+
+
+AgentHandler = Callable[[Agent, Tup], Awaitable[None]]
+
+
+class Batch:
+    """`branching ** depth` lazy agents fed from `lane` (see the module doc)."""
+
+    def __init__(
+        self,
+        space: TupleSpace,
+        *,
+        depth: int,
+        branching: int,
+        lane: str,
+        controller: Account,
+        policy: RuntimePolicy,
+        budget: Budget | None = None,
+        threshold: int | None = None,
+        store: Store | None = None,
+        batch_id: str | None = None,
+        now: Callable[[], float] | None = None,
+    ) -> None:
+        if not 1 <= depth <= 16 or not 1 <= branching <= 4096:
+            raise BatchError("depth must be 1..16 and branching 1..4096")
+        size = branching**depth
+        if size > MAX_AGENTS:
+            raise BatchError(f"{branching}^{depth} = {size} agents is more than {MAX_AGENTS}")
+        self.id = batch_id or "batch_" + os.urandom(6).hex()
+        self.space = space
+        self.depth = depth
+        self.branching = branching
+        self.size = size
+        self.lane = lane
+        self.controller = controller
+        self.budget = budget  # each agent's own limit, under the controller's
+        self.threshold = threshold or policy.compression_threshold
+        self.policy = policy
+        self._store = store
+        self._now = now or (lambda: asyncio.get_running_loop().time())
+        self.active: OrderedDict[int, Agent] = OrderedDict()  # least recently used first
+        self.tokens: dict[int, str] = {}
+        self.materialised = 0  # agents made (fresh or restored), over the batch's life
+        self.restored = 0
+        self.compressed = 0
+        self.peak_active = 0
+        self._freed = asyncio.Event()
+        space.declare(lane)
+        if store is not None:
+            store.write_later(partial(_put_batch, batch=self.id, spec=_dumps(self.spec())))
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "branching": self.branching,
+            "agents": self.size,
+            "lane": self.lane,
+            "threshold": self.threshold,
+        }
+
+    def path(self, index: int) -> tuple[int, ...]:
+        """The agent's place in the tree: its index's digits in base `branching`."""
+        if not 0 <= index < self.size:
+            raise BatchError(f"agent index {index} is outside 0..{self.size - 1}")
+        digits = []
+        for _ in range(self.depth):
+            index, d = divmod(index, self.branching)
+            digits.append(d)
+        return tuple(reversed(digits))
+
+    # -- materialise, compress, restore ------------------------------------------------
+
+    async def acquire(self, index: int) -> Agent:
+        """The agent at `index`, materialised (restored from its token if it has one)."""
+        agent = self.active.get(index)
+        if agent is not None:
+            self.active.move_to_end(index)
+            agent.busy += 1
+            return agent
+        path = self.path(index)
+        while len(self.active) >= self.threshold and not self._compress_one():
+            self._freed.clear()
+            await self._freed.wait()  # every agent is busy: wait for one to finish
+            agent = self.active.get(index)
+            if agent is not None:
+                self.active.move_to_end(index)
+                agent.busy += 1
+                return agent
+        account = Account(self.controller, self.budget, self._now())
+        agent = Agent(index, path, account)
+        token = self.tokens.pop(index, None)
+        if token is not None:
+            data = json.loads(token)
+            agent.tasks, agent.state = data["n"], data["s"]
+            # Already charged up the tree when spent: carried, not charged again.
+            account.tokens, account.usd, account.tool_calls = data["u"]
+            self.restored += 1
+        self.materialised += 1
+        agent.busy = 1
+        self.active[index] = agent
+        self.peak_active = max(self.peak_active, len(self.active))
+        return agent
+
+    def release(self, agent: Agent) -> None:
+        agent.busy -= 1
+        if agent.busy == 0:
+            self._freed.set()
+
+    def _compress_one(self) -> bool:
+        for index, agent in self.active.items():  # least recently used first
+            if agent.busy == 0:
+                del self.active[index]
+                token = agent.token()
+                self.tokens[index] = token
+                self.compressed += 1
+                if self._store is not None:
+                    self._store.write_later(
+                        partial(_put_token, batch=self.id, agent=index, token=token)
+                    )
+                return True
+        return False
+
+    def compress_idle(self) -> int:
+        """Compress every idle materialised agent (e.g. when the lane runs dry)."""
+        n = 0
+        while self._compress_one():
+            n += 1
+        return n
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def serve(self, handler: AgentHandler, *, arity: int = 2, wait_s: float = 0.0) -> int:
+        """Drain the lane: each tuple `[index, ...]` runs `handler(agent, tuple)`."""
+
+        async def run(batch: list[Tup]) -> None:
+            for t in batch:
+                index = t[0]
+                if type(index) is not int:
+                    raise BatchError(f"work tuple {t!r}: the first field is the agent index")
+                agent = await self.acquire(index)
+                try:
+                    await handler(agent, t)
+                    agent.tasks += 1
+                finally:
+                    self.release(agent)
+
+        pool = LanePool(self.space, self.lane, run, self.policy, arity=arity)
+        self.pool = pool
+        return await pool.drain(wait_s=wait_s)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.spec(),
+            "id": self.id,
+            "active": len(self.active),
+            "peak_active": self.peak_active,
+            "materialised": self.materialised,
+            "restored": self.restored,
+            "compressed": self.compressed,
+            "tokens": len(self.tokens),
+        }
+
+
+def _put_batch(conn: sqlite3.Connection, batch: str, spec: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO batches (batch, spec) VALUES (?, ?)", (batch, spec))
+
+
+def _put_token(conn: sqlite3.Connection, batch: str, agent: int, token: str) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO batch_tokens (batch, agent, token) VALUES (?, ?, ?)",
+        (batch, agent, token),
+    )
+
+
+def tokens_in_store(conn: sqlite3.Connection, batch: str) -> dict[int, str]:
+    """The durable tokens of one batch, by agent index (run it with `Store.read`)."""
+    rows = conn.execute("SELECT agent, token FROM batch_tokens WHERE batch = ?", (batch,))
+    return {int(agent): str(token) for agent, token in rows}

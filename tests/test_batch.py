@@ -1,0 +1,150 @@
+"""Lazy batch spawn: a million agents declared for nothing, materialised only for work, never
+more than the threshold at once, idle ones compressed to durable tokens and restored with their
+state, every spend charged to the controller's account."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from yool.kernel.accounts import Account, Budget, Cost
+from yool.kernel.errors import QuotaExceeded
+from yool.kernel.store import Store
+from yool.policy import RuntimePolicy
+from yool.tuplespace import TupleSpace
+from yool.tuplespace.batch import Agent, Batch, BatchError, tokens_in_store
+
+POLICY = RuntimePolicy(lane_concurrency=4, max_lane_concurrency=8, batch_small_task_size=4)
+
+
+def controller(tokens: int | None = None) -> Account:
+    return Account(None, Budget(tokens=tokens), 0.0)
+
+
+def test_a_million_agents_are_declared_in_well_under_a_second_and_a_few_kilobytes() -> None:
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    batch = Batch(
+        TupleSpace(),
+        depth=4,
+        branching=32,
+        lane="files",
+        controller=controller(),
+        policy=POLICY,
+        now=lambda: 0.0,
+    )
+    took = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert batch.size == 1_048_576
+    assert took < 1.0 and peak < 1_000_000
+    assert (batch.materialised, len(batch.active), len(batch.tokens)) == (0, 0, 0)
+    assert batch.path(1_048_575) == (31, 31, 31, 31) and batch.path(33) == (0, 0, 1, 1)
+    with pytest.raises(BatchError, match="outside"):
+        batch.path(1_048_576)
+
+
+def test_only_agents_with_work_materialise_never_more_than_the_threshold(virtual: Any) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        batch = Batch(
+            space,
+            depth=3,
+            branching=16,
+            lane="work",
+            controller=controller(),
+            policy=POLICY,
+            threshold=5,
+        )
+        seen: list[int] = []
+
+        async def handler(agent: Agent, t: tuple[Any, ...]) -> None:
+            await asyncio.sleep(0.01)
+            agent.state["notes"] = [*agent.state.get("notes", []), t[1]]
+            seen.append(agent.index)
+
+        for round_ in range(3):
+            for index in (3, 77, 100, 2000, 4095, 9, 10, 11):
+                space.out_nowait("work", [index, f"r{round_}"])
+        done = await batch.serve(handler)
+        return batch, done, seen
+
+    batch, done, seen = virtual(main())
+    assert done == 24 and sorted(set(seen)) == [3, 9, 10, 11, 77, 100, 2000, 4095]
+    assert batch.peak_active <= 5  # the threshold, although 8 agents had work
+    assert batch.compressed >= 3 and batch.restored >= 1
+    every = {**{i: a.state for i, a in batch.active.items()}}
+    every |= {i: json.loads(t)["s"] for i, t in batch.tokens.items()}
+    # restored agents kept what they wrote before they were compressed
+    assert all(sorted(every[i]["notes"]) == ["r0", "r1", "r2"] for i in every)
+
+
+def test_agents_spend_from_the_controllers_budget_and_are_refused_past_it(virtual: Any) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        boss = controller(tokens=250)
+        batch = Batch(
+            space,
+            depth=2,
+            branching=4,
+            lane="w",
+            controller=boss,
+            policy=POLICY,
+            threshold=2,
+            budget=Budget(tokens=100),
+        )
+        refused: list[str] = []
+
+        async def handler(agent: Agent, t: tuple[Any, ...]) -> None:
+            try:
+                agent.account.charge(Cost(tokens=int(t[1])))
+            except QuotaExceeded as e:
+                refused.append(f"{agent.index}:{e}")
+
+        for i, cost in enumerate([60, 60, 60, 60, 60]):
+            space.out_nowait("w", [i % 4, cost])
+        await batch.serve(handler)
+        return boss, refused
+
+    boss, refused = virtual(main())
+    # agent 0's second 60 passes its own 100, even though it was compressed in between
+    assert boss.tokens == 240 and len(refused) == 1 and refused[0].startswith("0:")
+
+
+def test_compressed_agents_are_durable_tokens_in_the_store(tmp_path: Path) -> None:
+    async def main() -> Any:
+        store = Store.open(tmp_path / "yool.db")
+        try:
+            space = TupleSpace(store)
+            batch = Batch(
+                space,
+                depth=2,
+                branching=8,
+                lane="w",
+                controller=controller(),
+                policy=POLICY,
+                threshold=2,
+                store=store,
+            )
+
+            async def handler(agent: Agent, t: tuple[Any, ...]) -> None:
+                agent.state["last"] = t[1]
+
+            for i in range(6):
+                space.out_nowait("w", [i, f"task{i}"])
+            await batch.serve(handler)
+            batch.compress_idle()
+            await store.aflush()
+            return batch, await store.read(lambda c: tokens_in_store(c, batch.id))
+        finally:
+            store.close()
+
+    batch, stored = asyncio.run(main())
+    assert sorted(stored) == list(range(6)) and len(batch.active) == 0
+    assert json.loads(stored[4])["s"] == {"last": "task4"}
