@@ -1,0 +1,104 @@
+"""Tuple-space figures: indexed in/out with a million tuples present, declaring a million lazy
+agents, and draining 100,000 tasks through a lane served by lazily materialised agents.
+
+    .venv/bin/python bench/tuples.py
+
+Prints `tuple_ops_per_s`, `batch_declare_s`, `batch_declare_mb` and `lane_drain_s`, one JSON
+object per line. In memory (no store): these measure the space, not SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import sys
+import time
+import tracemalloc
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import emit
+from yool.kernel.accounts import Account, Budget
+from yool.policy import RuntimePolicy
+from yool.tuplespace import Template, TupleSpace
+from yool.tuplespace.batch import Agent, Batch
+
+PRESENT = 1_000_000
+OPS = 200_000
+TASKS = 100_000
+
+
+def tuple_ops() -> None:
+    space = TupleSpace()
+    for i in range(PRESENT):
+        space.out_nowait("jobs", ["job", i, i * 2])
+    gc.collect()
+    inp, out = space.inp, space.out_nowait
+    half = OPS // 2
+    t0 = time.perf_counter()
+    for k in range(half):
+        got = inp("jobs", Template(["job", k, None]))
+        assert got is not None
+        out("jobs", ["job", PRESENT + k, k])
+    took = time.perf_counter() - t0
+    assert space.count("jobs") == PRESENT
+    emit("tuple_ops_per_s", OPS / took, "ops/s", present=PRESENT, ops=OPS, template="eq,eq,any")
+
+
+def batch_declare() -> None:
+    space = TupleSpace()
+    policy = RuntimePolicy()
+    boss = Account(None, Budget(tokens=1_000_000), 0.0)
+    t0 = time.perf_counter()
+    batch = Batch(
+        space, depth=4, branching=32, lane="files", controller=boss, policy=policy, now=lambda: 0.0
+    )
+    took = time.perf_counter() - t0
+    tracemalloc.start()
+    Batch(space, depth=4, branching=32, lane="f2", controller=boss, policy=policy, now=lambda: 0)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    emit("batch_declare_s", took, "s", agents=batch.size)
+    emit("batch_declare_mb", peak / 1e6, "MB", agents=batch.size, materialised=batch.materialised)
+
+
+async def lane_drain() -> None:
+    space = TupleSpace()
+    policy = RuntimePolicy()
+    boss = Account(None, None, 0.0)
+    batch = Batch(space, depth=2, branching=64, lane="work", controller=boss, policy=policy)
+
+    async def handler(agent: Agent, t: tuple[Any, ...]) -> None:
+        agent.state["n"] = agent.state.get("n", 0) + 1
+
+    for i in range(TASKS):
+        space.out_nowait("work", [(i * 7919) % batch.size, "task"])
+    t0 = time.perf_counter()
+    done = await batch.serve(handler)
+    took = time.perf_counter() - t0
+    assert done == TASKS
+    emit(
+        "lane_drain_s",
+        took,
+        "s",
+        tasks=TASKS,
+        agents=batch.size,
+        threshold=batch.threshold,
+        peak_active=batch.peak_active,
+        materialised=batch.materialised,
+        restored=batch.restored,
+        compressed=batch.compressed,
+        concurrency=batch.pool.concurrency,
+    )
+
+
+def main() -> None:
+    tuple_ops()
+    batch_declare()
+    asyncio.run(lane_drain())
+
+
+if __name__ == "__main__":
+    main()
