@@ -25,7 +25,7 @@ from yool.userland.agents.spec import HARD_MAX_STEPS
 
 MAX_TASK_CHARS = 100_000
 MAX_WAIT_PIDS = 256
-ToolName = Literal["files", "kv", "delegate", "code"]
+ToolName = Literal["files", "kv", "delegate", "code", "tuples"]
 
 
 # -- spawn --------------------------------------------------------------------------------
@@ -103,6 +103,9 @@ def grant(session: Session, args: SpawnArgs, llm: str) -> list[str]:
             caps.append(sys.derive(session.kv_device))
         if "code" in args.tools:
             caps.append(sys.derive(session.sandbox_device, caveat=code_caveat(args)))
+        if "tuples" in args.tools:
+            caps.append(sys.derive(session.tuples_device))
+            caps.append(sys.derive(session.lane_cap))
         if "delegate" in args.tools:
             spawn_cap = sys.cap("spawn")
             if spawn_cap is not None:

@@ -131,4 +131,5 @@ def load_all() -> None:
         prompts,
         system,
         teams,
+        tuples,
     )

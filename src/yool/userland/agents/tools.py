@@ -10,6 +10,8 @@ A sub-agent gets a tool exactly when it holds the authority behind it:
 - the sandbox device: `run_code`, Python (and sh, unless the capability forbids
   subprocesses) in a fresh empty directory with no network, within the capability's
   timeout and callbacks;
+- the tuples device with lane capabilities: `tuple_out` (write), `tuple_in` (take),
+  `tuple_rd` and `tuple_scan` (read);
 - process capabilities with the send right: `send_message` to those pids;
 - a spawn capability: `delegate`, which spawns a sub-agent with a task, derived
   (never wider) copies of this agent's capabilities, optionally narrowed to
@@ -273,6 +275,81 @@ def _peer_tools(sys: Sys, box: Toolbox, spec: AgentSpec) -> None:
     )
 
 
+# -- tuple space ------------------------------------------------------------------------------
+
+
+async def _tuple_tools(sys: Sys, box: Toolbox, dev: str) -> None:
+    """Lane tools for the rights this agent's lane capabilities hold (the device checks them)."""
+    rights = {r for c in sys.caps("lane") for r in c.rights}
+    if not rights:
+        return
+    h = await sys.open(dev)
+    lane = {"type": "string"}
+    tpl = {"type": "array", "description": "null = any; {type|gte|lt|prefix: x}"}
+
+    async def tuple_out(args: dict[str, Any]) -> Any:
+        req = {"op": "out", "lane": str(_arg(args, "lane")), "tuple": _arg(args, "tuple")}
+        return await sys.write(h, req)
+
+    def waiting(op: str) -> Run:
+        async def run(args: dict[str, Any]) -> Any:
+            req = {"op": op, "lane": str(_arg(args, "lane")), "template": _arg(args, "template")}
+            req["wait_s"] = float(args.get("wait_s") or 0)
+            return await sys.read(h, req)
+
+        return run
+
+    async def tuple_scan(args: dict[str, Any]) -> Any:
+        req = {"op": "scan", "lane": str(_arg(args, "lane")), "template": _arg(args, "template")}
+        return await sys.read(h, req)
+
+    wait = {"type": "number"}
+    if "write" in rights:
+        box.add(
+            Tool(
+                ToolSpec(
+                    "tuple_out",
+                    "Put a tuple (JSON array) on a lane.",
+                    _schema(("lane", "tuple"), lane=lane, tuple={"type": "array"}),
+                ),
+                tuple_out,
+            )
+        )
+    if "take" in rights:
+        box.add(
+            Tool(
+                ToolSpec(
+                    "tuple_in",
+                    "Take a tuple matching template from a lane, waiting up to wait_s.",
+                    _schema(("lane", "template"), lane=lane, template=tpl, wait_s=wait),
+                ),
+                waiting("in"),
+            )
+        )
+    if "read" in rights:
+        box.add(
+            Tool(
+                ToolSpec(
+                    "tuple_rd",
+                    "Read (leave) a tuple matching template, waiting up to wait_s.",
+                    _schema(("lane", "template"), lane=lane, template=tpl, wait_s=wait),
+                ),
+                waiting("rd"),
+            )
+        )
+        box.add(
+            Tool(
+                ToolSpec(
+                    "tuple_scan",
+                    "Tuples on a lane matching template.",
+                    _schema(("lane", "template"), lane=lane, template=tpl),
+                ),
+                tuple_scan,
+                investigate=True,
+            )
+        )
+
+
 # -- code -----------------------------------------------------------------------------------
 
 
@@ -460,6 +537,9 @@ async def build_toolbox(sys: Sys, spec: AgentSpec) -> Toolbox:
     sandbox = sys.cap("device", spec.sandbox_device)
     if sandbox is not None:
         await _code_tool(sys, box, sandbox)
+    tuples = sys.cap("device", "tuples")
+    if tuples is not None:
+        await _tuple_tools(sys, box, tuples)
     _peer_tools(sys, box, spec)
     if sys.cap("spawn") is not None and sys.cap("device", spec.llm_device) is not None:
         _delegate_tool(sys, box, spec, base)

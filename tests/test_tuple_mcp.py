@@ -1,0 +1,96 @@
+"""The tuple tools over the real MCP client on stdio, in both protocol eras, and the tuple tools
+a sub-agent gets from its capabilities."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from yool.policy import RuntimePolicy
+from yool.tools import Session
+from yool.userland.agents.spec import AgentSpec
+from yool.userland.agents.tools import build_toolbox
+
+
+def params(home: Path) -> StdioServerParameters:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOOL_", "ANTHROPIC_"))}
+    env.update(YOOL_HOME=str(home), YOOL_PROVIDER="scripted")
+    return StdioServerParameters(
+        command=sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(home)
+    )
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_tuple_tools_over_stdio_and_a_durable_lane_outlives_the_server(
+    tmp_path: Path, mode: str
+) -> None:
+    async def first() -> Any:
+        async with Client(params(tmp_path), mode=mode) as c:
+            out = {}
+            for i in range(3):
+                r = await c.call_tool(
+                    "tuple_out",
+                    {"lane": "jobs", "tuple": ["file", f"src/{i}.py", i], "durable": True},
+                )
+                assert not r.is_error, r.content
+                out[i] = r.structured_content
+            rd = await c.call_tool(
+                "tuple_rd", {"lane": "jobs", "template": [None, {"prefix": "src/1"}, None]}
+            )
+            scan = await c.call_tool(
+                "tuple_scan", {"lane": "jobs", "template": ["file", None, {"gte": 1}]}
+            )
+            took = await c.call_tool("tuple_in", {"lane": "jobs", "template": [None, None, 0]})
+            empty = await c.call_tool(
+                "tuple_in", {"lane": "jobs", "template": [None, None, 0], "wait_s": 0.2}
+            )
+            bad = await c.call_tool("tuple_in", {"lane": "jobs", "template": [{"regex": "x"}]})
+            return out, rd, scan, took, empty, bad
+
+    out, rd, scan, took, empty, bad = asyncio.run(first())
+    assert out[2]["id"] > out[0]["id"]
+    assert rd.structured_content == {"tuple": ["file", "src/1.py", 1]}
+    assert sorted(t[2] for t in scan.structured_content["tuples"]) == [1, 2]
+    assert took.structured_content == {"tuple": ["file", "src/0.py", 0]}
+    assert empty.structured_content == {}  # nothing matched in time
+    assert bad.is_error and "template[0]" in bad.content[0].text  # type: ignore[union-attr]
+
+    async def second() -> Any:
+        async with Client(params(tmp_path), mode=mode) as c:
+            r = await c.call_tool("tuple_scan", {"lane": "jobs", "template": [None, None, None]})
+            return r.structured_content
+
+    left = asyncio.run(second())
+    assert sorted(t[2] for t in left["tuples"]) == [1, 2]  # durable: 0 was taken, 1 and 2 stay
+
+
+def test_a_sub_agent_gets_tuple_tools_for_the_rights_it_holds(tmp_path: Path) -> None:
+    async def main() -> Any:
+        pol = RuntimePolicy(home=tmp_path / "home")
+        async with Session.open(pol, workspace=tmp_path, environ={}) as session:
+            s = session.sys
+            got: dict[str, Any] = {}
+
+            async def agent(csys: Any) -> None:
+                box = await build_toolbox(csys, AgentSpec(reply_to=""))
+                got["tools"] = sorted(n for n in box.tools if n.startswith("tuple_"))
+                got["rd"] = await box.call("tuple_rd", {"lane": "l", "template": [None]})
+                got["out"] = await box.call("tuple_out", {"lane": "l", "tuple": [1]})
+
+            session.tuples.out_nowait("l", ["hello"])
+            read_only = s.derive(session.lane_cap, ("read",))
+            c = s.spawn(agent, caps=[s.derive(session.tuples_device), read_only])
+            await s.wait(c.ref)
+            return got
+
+    got = asyncio.run(main())
+    assert got["tools"] == ["tuple_rd", "tuple_scan"]  # no write, no take: no out, no in
+    assert got["rd"] == (["hello"], False)
+    assert got["out"][1] and "no tool 'tuple_out'" in got["out"][0]
