@@ -66,7 +66,10 @@ def test_real_results_validate_against_the_published_output_schemas(tmp_path: Pa
             }
             for name, result in results.items():
                 assert not result.is_error, (name, result.content)
-                jsonschema.validate(result.structured_content, schemas[name])
+                assert result.structured_content is not None, name  # actions' results too
+                if schemas[name] is not None:
+                    jsonschema.validate(result.structured_content, schemas[name])
+            assert schemas["spawn"] is None and schemas["ps"] is not None
             row = results["ps"].structured_content["agents"][0]
             assert "persona" not in row  # a null field is left out, not sent as null
 

@@ -214,8 +214,15 @@ def make_tool(op: Operation[Any, Any], holder: Holder) -> Tool:
         },
     )
     parameters = published_input(compact_schema(tool.parameters, keep_defaults=True))
-    output_schema = published_output(
-        shallow(nulls_optional(compact_schema(meta.output_schema or {}, keep_defaults=False)))
+    # A read-only tool's result is why one calls it (clients and scripts parse it), so its
+    # shape is published; an action answers with an acknowledgement (a pid, a status) that
+    # its description names, and every result still comes as structured content.
+    output_schema = (
+        published_output(
+            shallow(nulls_optional(compact_schema(meta.output_schema or {}, keep_defaults=False)))
+        )
+        if op.read_only
+        else None
     )
     # The result is our own validated model: publish its schema, skip re-validating it, and
     # serialise it once (compact JSON for the text block, not the SDK's indent=2).

@@ -144,17 +144,36 @@ _UNREACHED = 10_000
 def published_input(schema: dict[str, Any]) -> dict[str, Any]:
     """An input schema as callers need it: an optional field's type without its `null` arm
     (leaving the field out is how one says "none"; an explicit null is still accepted),
-    without length caps no caller reaches, and without `additionalProperties: false` (the
-    server refuses an unknown field by name, so the schema need not say it)."""
+    without length caps no caller reaches, without defaults that only say "nothing", and
+    without `additionalProperties: false` (the server refuses an unknown field by name, so
+    the schema need not say it)."""
     props = schema.get("properties")
     if not isinstance(props, dict):
         return schema
     required = set(schema.get("required", ()))
     out = {
-        name: _uncapped(prop if name in required else _without_null(prop))
+        name: _uncapped(prop if name in required else _plain_default(_without_null(prop)))
         for name, prop in props.items()
     }
     return {**schema, "properties": out}
+
+
+def _plain_default(prop: Any) -> Any:
+    """Without a default that only says "nothing" (false, 0, "", [], {}): an optional field
+    left out reads that way anyway; the defaults that decide something stay."""
+    if isinstance(prop, dict) and "default" in prop:
+        value = prop["default"]
+        if value in (False, 0, "", [], {}) and not (
+            value == 0 and value is not False and _bounded(prop)
+        ):
+            return {k: v for k, v in prop.items() if k != "default"}
+    return prop
+
+
+def _bounded(prop: dict[str, Any]) -> bool:
+    """A number whose range does not start at 0: its default 0 says where in the range."""
+    low = prop.get("minimum", prop.get("exclusiveMinimum"))
+    return isinstance(low, int | float) and low != 0
 
 
 def published_output(schema: dict[str, Any]) -> dict[str, Any]:
