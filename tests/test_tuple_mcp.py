@@ -14,6 +14,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from yool.policy import RuntimePolicy
+from yool.testing.fake_provider import FakeProvider
 from yool.tools import Session
 from yool.userland.agents.spec import AgentSpec
 from yool.userland.agents.tools import build_toolbox
@@ -94,3 +95,75 @@ def test_a_sub_agent_gets_tuple_tools_for_the_rights_it_holds(tmp_path: Path) ->
     assert got["tools"] == ["tuple_rd", "tuple_scan"]  # no write, no take: no out, no in
     assert got["rd"] == (["hello"], False)
     assert got["out"][1] and "no tool 'tuple_out'" in got["out"][0]
+
+
+def _batch_env(home: Path, fake: FakeProvider, threshold: int) -> StdioServerParameters:
+    p = params(home)
+    assert p.env is not None
+    p.env.update(
+        YOOL_PROVIDER="anthropic",
+        ANTHROPIC_API_KEY="sk-test-batch",
+        ANTHROPIC_BASE_URL=fake.url,
+        YOOL_COMPRESSION_THRESHOLD=str(threshold),
+    )
+    return p
+
+
+async def _results(c: Client, lane: str, n: int) -> list[list[Any]]:
+    got = []
+    for _ in range(n):
+        r = await c.call_tool("tuple_in", {"lane": lane, "template": [None] * 4, "wait_s": 30})
+        assert not r.is_error and r.structured_content, r.content
+        got.append(r.structured_content["tuple"])
+    return got
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_batch_spawn_over_stdio_materialises_agents_for_work_at_most_the_threshold_at_once(
+    tmp_path: Path, mode: str
+) -> None:
+    threshold = 2
+    indices = [0, 1, 1_048_575, 33, 500_000, 7, 33]
+
+    async def main() -> Any:
+        async with FakeProvider(latency=0.3) as fake:
+            async with Client(_batch_env(tmp_path, fake, threshold), mode=mode) as c:
+                r = await c.call_tool("batch_spawn", {"depth": 4, "branching": 32})
+                assert not r.is_error, r.content
+                info = r.structured_content
+                assert info is not None
+                for i in indices:
+                    put = {"lane": info["lane"], "tuple": [i, f"summarise file {i}"]}
+                    assert not (await c.call_tool("tuple_out", put)).is_error
+                got = await _results(c, info["out"], len(indices))
+                status = (await c.call_tool("batch_spawn", {"id": info["id"]})).structured_content
+                ps = (await c.call_tool("ps", {"limit": 100})).structured_content
+                bad = await c.call_tool("tuple_out", {"lane": info["lane"], "tuple": [2**20, "x"]})
+                assert not bad.is_error
+                rejected = await _results(c, info["out"], 1)
+                # a small controller budget: its agents end with quota, and say so
+                r = await c.call_tool(
+                    "batch_spawn", {"depth": 1, "branching": 4, "budget_tokens": 5}
+                )
+                poor = r.structured_content
+                assert poor is not None
+                for i in (0, 3):
+                    put = {"lane": poor["lane"], "tuple": [i, "an expensive task"]}
+                    assert not (await c.call_tool("tuple_out", put)).is_error
+                broke = await _results(c, poor["out"], 2)
+            return info, got, status, ps, rejected, broke, fake.max_in_flight
+
+    info, got, status, ps, rejected, broke, in_flight = asyncio.run(main())
+    assert info["agents"] == 1_048_576 and info["materialised"] == 0
+    assert sorted(t[0] for t in got) == sorted(indices)
+    assert all(t[2] == "normal" and t[3] for t in got), got
+    assert status["peak_active"] <= threshold and status["materialised"] >= 6
+    assert status["compressed"] >= 4  # six agents had work, two could stay materialised
+    assert in_flight == threshold  # side by side, but never more than the threshold
+    batch_agents = [a for a in ps["agents"] if (a.get("origin") or {}).get("batch") == info["id"]]
+    assert len(batch_agents) == len(indices)
+    assert {a["origin"]["agent"] for a in batch_agents} == set(indices)
+    assert all(a["status"] == "exited" and a["reason"] == "normal" for a in batch_agents)
+    assert rejected[0][0] == 2**20 and rejected[0][2].startswith("rejected")
+    assert sorted(t[0] for t in broke) == [0, 3]
+    assert all(t[2].startswith("quota") for t in broke), broke

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from yool.kernel import Budget, ExitReason, KernelError
+from yool.kernel import Budget, ExitReason, KernelError, Sys
+from yool.kernel.kernel import PROCESS_RIGHTS
 from yool.tools.session import ACTIVE, UNFINISHED, AgentRecord, Session
 from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
@@ -162,12 +163,16 @@ def start_agent(
     origin: dict[str, Any] | None = None,
     replay: Any = None,
     persona: str | None = None,
+    parent: Sys | None = None,
 ) -> AgentRecord:
     """Spawn (or, with `replay`, re-run from a journal) one agent and start tracking it.
 
     `replay(parent_pid, image, run_args, caps) -> Child` is the kernel's replay, bound to the
     journal to read; nothing is left behind if the spawn is refused. `persona` names the
     persona an agent runs as when its prompt was built from one (`args.system`), for `ps`.
+    `parent` (a process under the session, e.g. a batch's controller) spawns it instead of
+    the session, so the agent is charged under that process's budget; the session still
+    monitors and tracks it, and holds its capability.
     """
     if (args.provider or session.policy.provider) == "sampling" and not session.can_sample:
         raise OpError(
@@ -181,25 +186,33 @@ def start_agent(
     reply_to = session.sys.self_ref(("send",))
     caps.append(reply_to)
     spec = AgentSpec(**{**_fields(spec_), "reply_to": reply_to})
+    k = session.kernel
+    ref: str | None = None
     try:
+        if parent is not None:
+            for c in caps:
+                k.caps.transfer(session.pid, c, parent.pid)
         if replay is None:
-            child = session.sys.spawn(
+            child = (parent or session.sys).spawn(
                 "yool.react",
                 args.task,
                 spec,
                 name=f"agent:{_title(args.task)}",
                 budget=budget_of(args),
                 caps=caps,
-                monitor=True,
+                monitor=parent is None,
                 priority=args.priority,
                 deadline=args.deadline_s,
             )
         else:
             child = replay((args.task, spec), caps)
+        if parent is not None:  # it has not run yet: monitoring now misses no exit
+            ref = k.caps.mint(session.pid, "process", child.pid, PROCESS_RIGHTS)
+            session.sys.monitor(ref)
     except KernelError as e:
-        for ref in caps:
-            if session.kernel.caps.lookup(ref) is not None:
-                session.sys.revoke(ref)
+        for c in caps:
+            if k.caps.lookup(c) is not None:
+                k.caps.revoke(c)
         raise OpError(f"spawn refused: {e}") from None
     return session.track(
         AgentRecord(
@@ -210,19 +223,23 @@ def start_agent(
             provider=(args.provider or session.policy.provider),
             model=args.model or session.policy.model,
             origin=origin,
-            ref=child.ref,
+            ref=child.ref if ref is None else ref,
         )
     )
 
 
 async def run_agent(
-    session: Session, args: SpawnArgs, *, origin: dict[str, Any] | None = None
+    session: Session,
+    args: SpawnArgs,
+    *,
+    origin: dict[str, Any] | None = None,
+    parent: Sys | None = None,
 ) -> AgentRecord:
     """Start one agent and wait for it to end: the way yool's own work (distilling lessons,
     forging and scoring prompts) runs on an LLM, visible in `ps` and `trace` like any agent
     and paid from the session's budget. Cancelling the wait kills the agent."""
     await session.warm(args.provider)
-    record = start_agent(session, args, origin=origin)
+    record = start_agent(session, args, origin=origin, parent=parent)
     try:
         if record.done is not None:
             await asyncio.shield(record.done)

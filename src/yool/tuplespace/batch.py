@@ -8,7 +8,9 @@ each task to its agent, materialising it first. At most `threshold` agents
 (`YOOL_COMPRESSION_THRESHOLD`) are materialised at once: beyond that the least recently used
 idle agent is compressed to a token (its state, task count and spend as compact JSON), written
 to the store's `batch_tokens` table when there is a store (`tokens_in_store` reads them back),
-and restored from the token on its next task.
+and restored from the token on its next task. `load_batch` reads a batch's spec and tokens back
+after a restart, and a `Batch` made with them carries on where it was (`persist` writes the
+tokens of the agents still materialised, e.g. as its controller ends).
 
 Budgets come from the controller: each materialised agent has a kernel `Account` whose parent
 is the controller's, so whatever an agent spends is charged to the controller and every
@@ -35,7 +37,15 @@ from yool.tuplespace.space import Tup, TupleSpace
 if TYPE_CHECKING:
     from yool.kernel.store import Store
 
-__all__ = ["MAX_AGENTS", "Agent", "Batch", "BatchError", "tokens_in_store"]
+__all__ = [
+    "MAX_AGENTS",
+    "Agent",
+    "Batch",
+    "BatchError",
+    "check_shape",
+    "load_batch",
+    "tokens_in_store",
+]
 
 MAX_AGENTS: Final = 2**40
 _dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -45,10 +55,20 @@ class BatchError(ValueError):
     """A batch that cannot be declared or an agent index outside it."""
 
 
+def check_shape(depth: int, branching: int) -> int:
+    """The number of agents of a depth x branching batch, or BatchError saying why not."""
+    if not 1 <= depth <= 16 or not 1 <= branching <= 4096:
+        raise BatchError("depth must be 1..16 and branching 1..4096")
+    size: int = branching**depth
+    if size > MAX_AGENTS:
+        raise BatchError(f"{branching}^{depth} = {size} agents is more than {MAX_AGENTS}")
+    return size
+
+
 class Agent:
     """One materialised logical agent: its place in the tree, its state and its account."""
 
-    __slots__ = ("account", "busy", "index", "path", "state", "tasks")
+    __slots__ = ("account", "busy", "index", "lock", "path", "state", "tasks")
 
     def __init__(self, index: int, path: tuple[int, ...], account: Account) -> None:
         self.index = index
@@ -57,6 +77,7 @@ class Agent:
         self.state: dict[str, Any] = {}
         self.tasks = 0
         self.busy = 0
+        self.lock: asyncio.Lock | None = None  # made by a serial `serve`, only if it is needed
 
     def token(self) -> str:
         a = self.account
@@ -71,6 +92,7 @@ class Agent:
 
 
 AgentHandler = Callable[[Agent, Tup], Awaitable[None]]
+Reject = Callable[[Tup, str], Awaitable[None]]
 
 
 class Batch:
@@ -89,13 +111,11 @@ class Batch:
         threshold: int | None = None,
         store: Store | None = None,
         batch_id: str | None = None,
+        tokens: dict[int, str] | None = None,
         now: Callable[[], float] | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> None:
-        if not 1 <= depth <= 16 or not 1 <= branching <= 4096:
-            raise BatchError("depth must be 1..16 and branching 1..4096")
-        size = branching**depth
-        if size > MAX_AGENTS:
-            raise BatchError(f"{branching}^{depth} = {size} agents is more than {MAX_AGENTS}")
+        size = check_shape(depth, branching)
         self.id = batch_id or "batch_" + os.urandom(6).hex()
         self.space = space
         self.depth = depth
@@ -106,10 +126,11 @@ class Batch:
         self.budget = budget  # each agent's own limit, under the controller's
         self.threshold = threshold or policy.compression_threshold
         self.policy = policy
+        self.meta = dict(meta or {})  # what its owner keeps with the spec (lanes, budget)
         self._store = store
         self._now = now or (lambda: asyncio.get_running_loop().time())
         self.active: OrderedDict[int, Agent] = OrderedDict()  # least recently used first
-        self.tokens: dict[int, str] = {}
+        self.tokens: dict[int, str] = dict(tokens or {})  # compressed agents, by index
         self.materialised = 0  # agents made (fresh or restored), over the batch's life
         self.restored = 0
         self.compressed = 0
@@ -126,6 +147,7 @@ class Batch:
             "agents": self.size,
             "lane": self.lane,
             "threshold": self.threshold,
+            **({"meta": self.meta} if self.meta else {}),
         }
 
     def path(self, index: int) -> tuple[int, ...]:
@@ -190,6 +212,16 @@ class Batch:
                 return True
         return False
 
+    def persist(self) -> int:
+        """Write the token of every materialised agent to the store, keeping them active."""
+        if self._store is None:
+            return 0
+        for index, agent in self.active.items():
+            self._store.write_later(
+                partial(_put_token, batch=self.id, agent=index, token=agent.token())
+            )
+        return len(self.active)
+
     def compress_idle(self) -> int:
         """Compress every idle materialised agent (e.g. when the lane runs dry)."""
         n = 0
@@ -199,22 +231,56 @@ class Batch:
 
     # -- serving ------------------------------------------------------------------------
 
-    async def serve(self, handler: AgentHandler, *, arity: int = 2, wait_s: float = 0.0) -> int:
-        """Drain the lane: each tuple `[index, ...]` runs `handler(agent, tuple)`."""
+    async def serve(
+        self,
+        handler: AgentHandler,
+        *,
+        arity: int = 2,
+        wait_s: float = 0.0,
+        reject: Reject | None = None,
+        batch_size: int | None = None,
+        serial: bool = False,
+    ) -> int:
+        """Drain the lane: each tuple `[index, ...]` runs `handler(agent, tuple)`.
+
+        A tuple naming no agent of the batch goes to `reject(tuple, why)` when given (else it
+        fails its pool batch). If serving is cancelled, the tuples taken but not yet handled
+        go back on the lane: a controller that is stopped loses no work. `batch_size` (default
+        the policy's small-task size) is how many tuples one worker takes at once: 1 for tasks
+        that are not small, so they run side by side. `serial`: one task at a time per agent
+        (an agent's next task sees what its last one left in its state).
+        """
 
         async def run(batch: list[Tup]) -> None:
-            for t in batch:
-                index = t[0]
-                if type(index) is not int:
-                    raise BatchError(f"work tuple {t!r}: the first field is the agent index")
-                agent = await self.acquire(index)
+            for n, t in enumerate(batch):
                 try:
-                    await handler(agent, t)
-                    agent.tasks += 1
-                finally:
-                    self.release(agent)
+                    index = t[0]
+                    if type(index) is not int or not 0 <= index < self.size:
+                        why = f"the first field is an agent index 0..{self.size - 1}"
+                        if reject is None:
+                            raise BatchError(f"work tuple {t!r}: {why}")
+                        await reject(t, why)
+                        continue
+                    agent = await self.acquire(index)
+                    try:
+                        if serial:
+                            if agent.lock is None:
+                                agent.lock = asyncio.Lock()
+                            async with agent.lock:
+                                await handler(agent, t)
+                        else:
+                            await handler(agent, t)
+                        agent.tasks += 1
+                    finally:
+                        self.release(agent)
+                except asyncio.CancelledError:
+                    for left in batch[n:]:
+                        self.space.out_nowait(self.lane, left)
+                    raise
 
         pool = LanePool(self.space, self.lane, run, self.policy, arity=arity)
+        if batch_size is not None:
+            pool.batch_size = batch_size
         self.pool = pool
         return await pool.drain(wait_s=wait_s)
 
@@ -240,6 +306,16 @@ def _put_token(conn: sqlite3.Connection, batch: str, agent: int, token: str) -> 
         "INSERT OR REPLACE INTO batch_tokens (batch, agent, token) VALUES (?, ?, ?)",
         (batch, agent, token),
     )
+
+
+def load_batch(
+    conn: sqlite3.Connection, batch: str
+) -> tuple[dict[str, Any], dict[int, str]] | None:
+    """A declared batch's spec and durable tokens, or None (run it with `Store.read`)."""
+    row = conn.execute("SELECT spec FROM batches WHERE batch = ?", (batch,)).fetchone()
+    if row is None:
+        return None
+    return json.loads(row[0]), tokens_in_store(conn, batch)
 
 
 def tokens_in_store(conn: sqlite3.Connection, batch: str) -> dict[int, str]:
