@@ -17,6 +17,8 @@ from yool.kernel.accounts import Account, Budget, Cost
 from yool.kernel.errors import QuotaExceeded
 from yool.kernel.store import Store
 from yool.policy import RuntimePolicy
+from yool.tools import Session
+from yool.tools.table import OPERATIONS, Call, OpError, load_all
 from yool.tuplespace import TupleSpace
 from yool.tuplespace.batch import Agent, Batch, BatchError, tokens_in_store
 
@@ -148,3 +150,52 @@ def test_compressed_agents_are_durable_tokens_in_the_store(tmp_path: Path) -> No
     batch, stored = asyncio.run(main())
     assert sorted(stored) == list(range(6)) and len(batch.active) == 0
     assert json.loads(stored[4])["s"] == {"last": "task4"}
+
+
+async def _op(session: Session, op: str, **args: Any) -> Any:
+    return await OPERATIONS[op](Call(session), args)
+
+
+async def _result(session: Session, lane: str, *want: Any) -> tuple[Any, ...]:
+    got = await session.tuples.in_(lane, [*want, *[None] * (4 - len(want))], 20)
+    assert got is not None, "no result in time"
+    return got
+
+
+def test_a_batch_reopens_after_a_restart_from_its_durable_tokens_and_lanes(tmp_path: Path) -> None:
+    load_all()
+    pol = RuntimePolicy(home=tmp_path / "home", compression_threshold=1, heartbeat_s=0.05)
+
+    async def first() -> Any:
+        async with Session.open(pol, workspace=tmp_path, environ={}) as s:
+            info = await _op(s, "batch_spawn", depth=2, branching=8)
+            await s.tuples.out(info.lane, [5, "remember the colour blue"])
+            one = await _result(s, info.out)
+            await s.tuples.out(info.lane, [6, "count to three"])  # compresses agent 5
+            two = await _result(s, info.out)
+            left = await s.tuples.out(info.lane, [6, "work left when the server stops"])
+            return info, one, two, left
+
+    info, one, two, _ = asyncio.run(first())
+    assert one[:3] == (5, "remember the colour blue", "normal") and two[0] == 6
+
+    async def second() -> Any:
+        async with Session.open(pol, workspace=tmp_path, environ={}) as s:
+            with pytest.raises(OpError, match="no batch"):
+                await _op(s, "batch_spawn", id="batch_000000000000")
+            back = await _op(s, "batch_spawn", id=info.id)
+            left = await _result(
+                s, info.out, 6, "work left when the server stops"
+            )  # the work queued before the restart is done
+            await s.tuples.out(info.lane, [5, "what colour was it?"])
+            recall = await _result(s, info.out, 5)
+            status = await _op(s, "batch_spawn", id=info.id)
+            return back, left, recall, status
+
+    back, left, recall, status = asyncio.run(second())
+    assert (back.id, back.lane, back.agents, back.materialised) == (info.id, info.lane, 64, 0)
+    assert back.pid != info.pid
+    assert left[:3] == (6, "work left when the server stops", "normal")
+    # agent 5 was restored from the token the first server wrote: its notes are in its prompt
+    assert recall[:3] == (5, "what colour was it?", "normal") and "colour blue" in recall[3]
+    assert status.restored == 2 and status.peak_active == 1

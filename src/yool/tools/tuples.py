@@ -280,7 +280,7 @@ async def _controller(sys: Sys, session: Session, batch_id: str) -> None:
         try:
             record = await run_agent(session, args, origin=origin, parent=sys)
         except OpError as e:
-            await space.out(run.out, [agent.index, task, f"refused: {e}", None])
+            space.out_nowait(run.out, [agent.index, task, f"refused: {e}", None])
             return
         a = agent.account  # already charged up the tree by the agent process: carried only
         a.tokens, a.usd = a.tokens + record.tokens, a.usd + record.usd
@@ -289,10 +289,12 @@ async def _controller(sys: Sys, session: Session, batch_id: str) -> None:
         agent.state["notes"] = [*notes, f"{task[:120]} -> {(record.answer or reason)[:240]}"][
             -NOTES:
         ]
-        await space.out(run.out, [agent.index, task, reason, record.answer])
+        # No await between the agent's end and its result: a controller stopped here does not
+        # do the task twice. On a durable lane it is committed with the next group commit.
+        space.out_nowait(run.out, [agent.index, task, reason, record.answer])
 
     async def reject(t: Tup, why: str) -> None:
-        await space.out(run.out, [*t[:2], f"rejected: {why}", None])
+        space.out_nowait(run.out, [*t[:2], f"rejected: {why}", None])
 
     try:
         while True:

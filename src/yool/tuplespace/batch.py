@@ -244,11 +244,12 @@ class Batch:
         """Drain the lane: each tuple `[index, ...]` runs `handler(agent, tuple)`.
 
         A tuple naming no agent of the batch goes to `reject(tuple, why)` when given (else it
-        fails its pool batch). If serving is cancelled, the tuples taken but not yet handled
-        go back on the lane: a controller that is stopped loses no work. `batch_size` (default
-        the policy's small-task size) is how many tuples one worker takes at once: 1 for tasks
-        that are not small, so they run side by side. `serial`: one task at a time per agent
-        (an agent's next task sees what its last one left in its state).
+        fails its pool batch). If serving is cancelled (or its process exits), the tuples taken
+        but not finished go back on the lane: a controller that is stopped loses no work, though
+        a task it was finishing may be done twice (at least once, like a durable lane).
+        `batch_size` (default the policy's small-task size) is how many tuples one worker takes
+        at once: 1 for tasks that are not small, so they run side by side. `serial`: one task
+        at a time per agent (its next task sees what its last one left in its state).
         """
 
         async def run(batch: list[Tup]) -> None:
@@ -273,7 +274,9 @@ class Batch:
                         agent.tasks += 1
                     finally:
                         self.release(agent)
-                except asyncio.CancelledError:
+                except Exception:
+                    raise  # the pool puts the batch back (a bounded number of times)
+                except BaseException:  # cancelled, or the process exits: nothing is lost
                     for left in batch[n:]:
                         self.space.out_nowait(self.lane, left)
                     raise
