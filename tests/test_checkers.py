@@ -23,6 +23,7 @@ from yool.personas.checkers import (
     answer_json,
     make_checker,
     make_checkers,
+    sandbox_program,
 )
 
 ASCII = st.text(alphabet=string.ascii_letters + string.digits + string.punctuation + " ")
@@ -177,19 +178,20 @@ def test_a_bad_schema_is_refused_up_front_naming_the_eval_item(want: Any, messag
         ("exact", "  ", "empty; exact needs the text"),
         ("contains", "", "empty; contains needs the text"),
         ("regex", {"a": 1}, "a regex check expects text, got dict"),
-        ("python", "assert x", "unknown check 'python'"),
+        ("python", "assert x", "must define check(answer)"),
+        ("shell", "true", "unknown check 'shell'"),
     ],
 )
 def test_empty_mistyped_or_unknown_checks_are_refused(kind: str, want: Any, message: str) -> None:
     with pytest.raises(CheckerError, match=re.escape(message)):
         make_checker(kind, want)
-    field = "check" if kind == "python" else "want"
+    field = "check" if kind == "shell" else "want"
     with pytest.raises(CheckerError, match=re.escape(f"evals[0].{field}: ")):
         make_checkers([(kind, want, False)])
 
 
-@given(kind=st.sampled_from(KINDS), answer=st.text())
-def test_every_checker_is_a_total_function_of_the_answer(kind: str, answer: str) -> None:
+@given(kind=st.sampled_from([k for k in KINDS if k != "python"]), answer=st.text())
+def test_every_in_process_checker_is_a_total_function_of_the_answer(kind: str, answer: str) -> None:
     want: Any = {"type": "object"} if kind == "json_schema" else "x"
     assert make_checker(kind, want)(answer) in (True, False)
 
@@ -204,3 +206,16 @@ def test_describe_says_what_a_passing_answer_looks_like() -> None:
         'JSON valid against the schema {"type":"object"}'
     )
     assert make_checker("contains", "y" * 500).describe().endswith("…'")
+
+
+def test_a_python_check_is_compiled_up_front_and_never_run_in_process() -> None:
+    check = make_checker("python", "def check(answer):\n    return answer.strip() == '42'\n")
+    assert check.sandboxed
+    with pytest.raises(TypeError, match="sandbox"):
+        check("42")
+    program = sandbox_program(check)
+    assert "answer.txt" in program and "check(answer)" in program
+    with pytest.raises(CheckerError, match="does not parse"):
+        make_checker("python", "def check(answer) return True")
+    with pytest.raises(CheckerError, match="define check"):
+        make_checker("python", "def judge(answer):\n    return True\n")

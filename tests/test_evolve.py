@@ -163,6 +163,28 @@ def test_the_variant_that_truly_scores_better_wins_and_progress_comes_per_candid
     asyncio.run(main())
 
 
+PY_CHECK = "def check(answer):\n    return int(answer.strip()) == 6 * 7\n"
+
+
+def test_a_python_check_judges_answers_in_the_sandbox(tmp_path: Path) -> None:
+    evals = [{"task": "t-exact: what is 6*7?", "check": "python", "want": PY_CHECK}]
+
+    async def main() -> None:
+        async with (
+            FakeProvider(solver()) as fake,
+            Session.open(
+                _policy(tmp_path), workspace=_workspace(tmp_path), environ=_env(fake)
+            ) as s,
+        ):
+            r = await _evolve(s, prompt=BASE, evals=evals, variants=[GOOD])
+            assert r.replaced and r.winner == GOOD
+            # "I am not sure." made int() raise in the sandbox: a failed check, not a crash
+            assert [c["correct"] for c in r.candidates] == [0, 1]
+            assert s.sandbox_pool is not None  # the checks ran there, not in this process
+
+    asyncio.run(main())
+
+
 def test_when_no_variant_scores_better_the_baseline_is_kept_and_the_result_says_so(
     tmp_path: Path,
 ) -> None:

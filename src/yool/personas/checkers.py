@@ -15,12 +15,15 @@ Kinds:
   e.g. a ```json fence, that parses) and is valid against the schema (`jsonschema`, the
   schema's own `$schema` dialect, else the latest).
 
-A check that runs Python on the answer belongs in the sandbox, which yool does not have yet;
-it is not offered rather than run unsandboxed.
+- `python`: the caller's code defines `check(answer) -> bool`; it runs in the sandbox
+  (`yool.sandbox`, every layer the policy requires), never in yool's own process, and the
+  answer passes when `check` returns true. The code is only compiled here, to refuse a
+  syntax error up front; `sandbox_program` is what the sandbox runs.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +35,7 @@ from jsonschema import SchemaError
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
-CheckKind = Literal["exact", "contains", "regex", "json_schema"]
+CheckKind = Literal["exact", "contains", "regex", "json_schema", "python"]
 KINDS: tuple[str, ...] = get_args(CheckKind)
 MAX_WANT_CHARS = 10_000
 REGEX_TIMEOUT_S = 0.5  # per answer; past it the answer does not pass
@@ -56,7 +59,13 @@ class Checker:
     _test: Callable[[str], bool] = field(repr=False, compare=False, default=lambda _a: False)
 
     def __call__(self, answer: str) -> bool:
+        if self.sandboxed:
+            raise TypeError("a python check runs in the sandbox: see sandbox_program")
         return self._test(answer)
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.kind == "python"
 
     def describe(self) -> str:
         """What a passing answer looks like, short: shown to the prompt mutator and in logs."""
@@ -73,6 +82,8 @@ class Checker:
             return f"contains {text!r}{nocase}"
         if self.kind == "regex":
             return f"matches /{text}/{'i' if self.ignore_case else ''}"
+        if self.kind == "python":
+            return f"passes the Python check {text!r}"
         return f"JSON valid against the schema {text}"
 
 
@@ -90,6 +101,9 @@ def make_checker(kind: str, want: str | Mapping[str, Any], *, ignore_case: bool 
         raise CheckerError(f"{len(want)} chars; at most {MAX_WANT_CHARS}")
     if not want.strip():
         raise CheckerError(f"empty; {kind} needs the text it looks for")
+    if kind == "python":
+        _python_check(want)
+        return Checker("python", want)
     if kind == "regex":
         try:
             pattern = regex.compile(want, regex.IGNORECASE if ignore_case else 0)
@@ -135,6 +149,26 @@ def answer_json(answer: str) -> tuple[bool, Any]:
         except ValueError:
             continue
     return False, None
+
+
+def _python_check(code: str) -> None:
+    try:
+        tree = ast.parse(code, "<check>")
+    except SyntaxError as e:
+        raise CheckerError(f"the Python check does not parse: {e.msg} (line {e.lineno})") from None
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "check" for n in tree.body):
+        raise CheckerError("the Python check must define check(answer) -> bool at top level")
+
+
+def sandbox_program(checker: Checker) -> str:
+    """What the sandbox runs for a python check: the answer is `answer.txt` in its workdir;
+    exit status 0 means it passed."""
+    assert checker.sandboxed and isinstance(checker.want, str)
+    return (
+        'answer = open("answer.txt", encoding="utf-8").read()\n'
+        + checker.want
+        + "\nraise SystemExit(0 if check(answer) is True else 1)\n"
+    )
 
 
 def _search(pattern: regex.Pattern[str], answer: str) -> bool:

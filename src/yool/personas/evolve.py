@@ -46,7 +46,8 @@ from yool.drivers.llm.types import LLMRequest, Msg
 from yool.kernel import ExitReason
 from yool.kernel.context import estimate_tokens
 from yool.kernel.store import Store
-from yool.personas.checkers import Checker
+from yool.personas.checkers import Checker, sandbox_program
+from yool.sandbox.spec import EXITED
 from yool.tools.agents import MAX_TASK_CHARS, SpawnArgs, kill_all, run_agent
 from yool.tools.session import ACTIVE, AgentRecord, Session
 from yool.tools.table import OpError
@@ -114,6 +115,24 @@ class EvalCase:
 
     task: str
     check: Checker
+
+
+CHECK_TIMEOUT_S = 10.0  # a python check's wall clock in the sandbox
+
+
+async def judge(session: Session, check: Checker, answer: str) -> bool:
+    """Whether `answer` passes `check`: a python check in the sandbox (charged to the session
+    like any code run), the others in a worker thread (a regex or schema on a long answer is
+    CPU work the event loop must not do)."""
+    if not check.sandboxed:
+        return await asyncio.to_thread(check, answer)
+    request = {
+        "code": sandbox_program(check),
+        "files": {"answer.txt": answer},
+        "timeout_s": CHECK_TIMEOUT_S,
+    }
+    value = await session.sys.read(await session.sandbox_handle(), request)
+    return bool(value.get("reason") == EXITED and value.get("exit_code") == 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,8 +414,7 @@ class Evolution:
                     f"{reason} (the evolution's budget, or the session's, ran out)"
                 )
             answer = record.answer or ""
-            # a regex or schema check on a long answer is CPU work: keep it off the loop
-            correct = reason == "normal" and await asyncio.to_thread(plan.cases[i].check, answer)
+            correct = reason == "normal" and await judge(self.session, plan.cases[i].check, answer)
             ended += 1
             await self._report(
                 done + ended / (len(plan.cases) + 1),

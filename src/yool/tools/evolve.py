@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
+from yool.kernel import KernelError
 from yool.personas.checkers import CheckerError, CheckKind, make_checkers
 from yool.personas.evolve import EvalCase, Outcome, Plan, Weights, evolve
 from yool.personas.registry import resolve_model
@@ -69,6 +70,9 @@ async def prompt_evolve(call: Call, args: EvolveArgs) -> Evolved:
         checkers = make_checkers((e.check, e.want, e.nocase) for e in args.evals)
     except CheckerError as e:
         raise OpError(str(e)) from None
+    sandboxed = [i for i, c in enumerate(checkers) if c.sandboxed]
+    if sandboxed:
+        await _sandbox_ready(session, sandboxed[0])
     plan = Plan(
         base=base,
         cases=tuple(EvalCase(e.task, c) for e, c in zip(args.evals, checkers, strict=True)),
@@ -90,6 +94,17 @@ async def prompt_evolve(call: Call, args: EvolveArgs) -> Evolved:
 
     outcome = await evolve(session, plan, progress=call.progress, adopt=adopt)
     return _result(outcome)
+
+
+async def _sandbox_ready(session: Session, index: int) -> None:
+    """A python check needs the sandbox: fail closed before any agent runs, not mid-way."""
+    try:
+        value = await session.sys.read(await session.sandbox_handle(), {"code": "pass"})
+    except KernelError as e:
+        raise OpError(f"evals[{index}].check: python checks run in the sandbox: {e}") from None
+    if value.get("exit_code") != 0:
+        why = value.get("error") or value.get("reason")
+        raise OpError(f"evals[{index}].check: the sandbox could not run a check: {why}")
 
 
 async def adopt_prompt(session: Session, name: str, prompt: str) -> None:
