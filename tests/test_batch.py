@@ -173,6 +173,10 @@ def test_a_batch_reopens_after_a_restart_from_its_durable_tokens_and_lanes(tmp_p
             one = await _result(s, info.out)
             await s.tuples.out(info.lane, [6, "count to three"])  # compresses agent 5
             two = await _result(s, info.out)
+            # its controller dies (it writes agent 6's token); work waits on the durable lane
+            s.sys.kill(s.kernel.caps.mint(s.pid, "process", info.pid, ("kill",)))
+            await asyncio.sleep(0.05)
+            assert info.pid not in s.kernel.procs
             left = await s.tuples.out(info.lane, [6, "work left when the server stops"])
             return info, one, two, left
 
