@@ -13,11 +13,12 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from yool.kernel import CapError
 from yool.policy import RuntimePolicy
 from yool.testing.fake_provider import FakeProvider
 from yool.tools import Session
 from yool.userland.agents.spec import AgentSpec
-from yool.userland.agents.tools import build_toolbox
+from yool.userland.agents.tools import _child_caps, build_toolbox
 
 
 def params(home: Path) -> StdioServerParameters:
@@ -167,3 +168,48 @@ def test_batch_spawn_over_stdio_materialises_agents_for_work_at_most_the_thresho
     assert rejected[0][0] == 2**20 and rejected[0][2].startswith("rejected")
     assert sorted(t[0] for t in broke) == [0, 3]
     assert all(t[2].startswith("quota") for t in broke), broke
+
+
+def test_a_delegated_child_gets_the_tuples_device_and_lanes_never_wider_than_its_parents(
+    tmp_path: Path,
+) -> None:
+    async def main() -> Any:
+        pol = RuntimePolicy(home=tmp_path / "home")
+        async with Session.open(pol, workspace=tmp_path, environ={}) as session:
+            s = session.sys
+            got: dict[str, Any] = {}
+
+            async def child(csys: Any) -> None:
+                box = await build_toolbox(csys, AgentSpec(reply_to=""))
+                got["tools"] = sorted(n for n in box.tools if n.startswith("tuple_"))
+                got["in"] = await box.call("tuple_in", {"lane": "jobs/1", "template": [None]})
+                got["other"] = await box.call("tuple_rd", {"lane": "other", "template": [None]})
+                (lane,) = csys.caps("lane")
+                try:
+                    csys.derive(lane.ref, ("read", "take", "write"))
+                except CapError as e:
+                    got["widen"] = str(e)
+                wide = csys.derive(lane.ref, caveat={"lane": "*"})  # adds to, never replaces
+                try:
+                    session.tuples.require(session.kernel.caps, csys.pid, wide, "read", "other")
+                except CapError as e:
+                    got["caveat"] = str(e)
+
+            async def parent(psys: Any) -> None:
+                caps = _child_caps(psys, AgentSpec(reply_to=""), [], None)
+                c = psys.spawn(child, caps=caps)
+                await psys.wait(c.ref)
+
+            session.tuples.out_nowait("jobs/1", ["task"])
+            session.tuples.out_nowait("other", ["secret"])
+            narrow = s.derive(session.lane_cap, ("read", "take"), caveat={"lane": "jobs/*"})
+            spawn = s.derive(s.cap("spawn") or "")
+            p = s.spawn(parent, caps=[s.derive(session.tuples_device), narrow, spawn])
+            await s.wait(p.ref)
+            return got
+
+    got = asyncio.run(main())
+    assert got["tools"] == ["tuple_in", "tuple_rd", "tuple_scan"]  # no write: no tuple_out
+    assert got["in"] == (["task"], False)
+    assert got["other"][1] and "other" in got["other"][0]  # outside jobs/*: refused
+    assert "widen" in got and "caveat" in got, got

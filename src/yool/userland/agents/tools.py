@@ -479,7 +479,9 @@ def _child_caps(sys: Sys, spec: AgentSpec, paths: list[Any], base: str | None) -
     """Derived copies of this agent's device capabilities (and spawn, if depth allows).
 
     Files capabilities get a root caveat when `paths` narrows them; a path no held
-    files capability covers is refused by the driver when the child opens it.
+    files capability covers is refused by the driver when the child opens it. The tuples
+    device goes with derived copies of every lane capability held (their rights and lane
+    caveats kept), so a child's lanes are never wider than its parent's.
     """
     out: list[str] = []
     for c in sys.caps("device"):
@@ -498,8 +500,11 @@ def _child_caps(sys: Sys, spec: AgentSpec, paths: list[Any], base: str | None) -
             spec.kv_device,
             spec.tools_device,
             spec.sandbox_device,
+            "tuples",
         ):
             out.append(sys.derive(c.ref))  # a caveat only narrows: never wider than ours
+    if sys.cap("device", "tuples") is not None:
+        out.extend(sys.derive(c.ref) for c in sys.caps("lane"))
     if spec.depth + 1 < spec.max_depth:
         s = sys.cap("spawn")
         if s is not None:
