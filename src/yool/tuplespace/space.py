@@ -86,7 +86,9 @@ class _Lane:
         self.name = name
         self.durable = durable
         self.by_arity: dict[int, OrderedDict[int, Tup]] = {}
-        self.eq: dict[tuple[int, int], dict[Any, Bucket]] = {}
+        # arity -> one index per position: value key -> tuple ids (the hot path looks an
+        # arity up once, then walks its positions in step with the tuple's fields)
+        self.eq: dict[int, list[dict[Any, Bucket]]] = {}
         self.waiters: dict[int, list[_Waiter]] = {}
         self.count = 0
 
@@ -95,13 +97,11 @@ class _Lane:
         rows = self.by_arity.get(arity)
         if rows is None:
             rows = self.by_arity[arity] = OrderedDict()
+            self.eq[arity] = [{} for _ in range(arity)]
         rows[tid] = t
-        eq = self.eq
-        for pos, value in enumerate(t):
-            index = eq.get((arity, pos))
-            if index is None:
-                index = eq[(arity, pos)] = {}
-            k = key(value)
+        for index, value in zip(self.eq[arity], t, strict=True):
+            tv = type(value)
+            k = value if tv is str or tv is int else key(value)
             bucket = index.get(k)
             if bucket is None:
                 index[k] = tid  # most values are unique: a bare id, no container
@@ -112,12 +112,10 @@ class _Lane:
         self.count += 1
 
     def remove(self, tid: int, t: Tup) -> None:
-        arity = len(t)
-        del self.by_arity[arity][tid]
-        eq = self.eq
-        for pos, value in enumerate(t):
-            index = eq[(arity, pos)]
-            k = key(value)
+        del self.by_arity[len(t)][tid]
+        for index, value in zip(self.eq[len(t)], t, strict=True):
+            tv = type(value)
+            k = value if tv is str or tv is int else key(value)
             bucket = index[k]
             if isinstance(bucket, int):
                 del index[k]
@@ -136,9 +134,9 @@ class _Lane:
             return rows
         best: OrderedDict[int, None] | None = None
         size = 0
+        indexes = self.eq[tpl.arity]
         for pos, k in tpl.eq:
-            index = self.eq.get((tpl.arity, pos))
-            bucket = index.get(k) if index is not None else None
+            bucket = indexes[pos].get(k)
             if bucket is None:
                 return None
             if isinstance(bucket, int):

@@ -35,6 +35,7 @@ _TYPES: Final[dict[str, Callable[[Any], bool]]] = {
     "list": lambda v: type(v) is list,
     "object": lambda v: type(v) is dict,
 }
+_SCALARS: Final = frozenset({str, int, bool, type(None)})
 _RANGE: Final = {"gt", "gte", "lt", "lte"}
 _CONSTRAINTS: Final = _RANGE | {"type", "prefix", "eq"}
 
@@ -71,14 +72,17 @@ def _canon(value: Any) -> Any:
 
 def check_tuple(values: Sequence[Any]) -> tuple[Any, ...]:
     """`values` as a stored tuple, or TupleError: 1..64 JSON fields, finite numbers."""
-    if isinstance(values, str | bytes | dict) or not isinstance(values, Sequence):
-        raise TupleError(f"tuple: expected a list of JSON values, got {type(values).__name__}")
+    tv = type(values)
+    if (tv is not list and tv is not tuple) and (  # the common cases: no ABC check
+        isinstance(values, str | bytes | dict) or not isinstance(values, Sequence)
+    ):
+        raise TupleError(f"tuple: expected a list of JSON values, got {tv.__name__}")
     if not 1 <= len(values) <= MAX_ARITY:
         raise TupleError(f"tuple: needs 1 to {MAX_ARITY} fields, got {len(values)}")
-    out = tuple(values)
+    out = tuple(values)  # the same object when it is one already
     for i, v in enumerate(out):
         t = type(v)
-        if t is str or t is int or t is bool or v is None:
+        if t in _SCALARS:
             continue
         if t is float:
             if not math.isfinite(v):
@@ -147,7 +151,11 @@ class Template:
         for pos, f in enumerate(fields):
             if f is None:
                 continue
-            if type(f) is not dict:
+            tf = type(f)
+            if tf is str or tf is int:  # the common equality fields: nothing to check
+                eq.append((pos, f))
+                continue
+            if tf is not dict:
                 try:
                     check_tuple([f])
                 except TupleError as e:
