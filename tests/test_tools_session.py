@@ -11,6 +11,7 @@ import pytest
 
 from yool.drivers.llm.types import LLMRequest, LLMResponse
 from yool.kernel import INIT
+from yool.kernel.reasons import killed
 from yool.policy import RuntimePolicy
 from yool.tools import OPERATIONS, Call, OpError, Session, load_all
 
@@ -125,3 +126,19 @@ def test_granted_paths_confine_the_agents_files(tmp_path: Path) -> None:
     run(tmp_path, body)
     assert any("a.txt" in text for text in seen)
     assert not any("secret" in text for text in seen)
+
+
+def test_kill_all_after_the_session_process_ended_is_a_no_op_not_an_exit(tmp_path: Path) -> None:
+    from yool.tools.agents import kill_all
+
+    async def body(session: Session, call: Call) -> None:
+        spawned = await op(call, "spawn", task="hello")
+        record = session.agents[spawned.pid]
+        session.kernel.kill(session.pid, killed(INIT))
+        await asyncio.sleep(0.05)
+        assert session.kernel.procs.get(session.pid) is None or (
+            session.kernel.procs[session.pid].reason is not None
+        )
+        kill_all(session, [record])  # the session is gone: nothing to send a kill from
+
+    run(tmp_path, body)

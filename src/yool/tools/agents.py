@@ -250,7 +250,13 @@ async def run_agent(
 
 
 def kill_all(session: Session, records: Iterable[AgentRecord]) -> None:
-    """Kill every agent of `records` still running: a cancelled caller leaves none behind."""
+    """Kill every agent of `records` still running: a cancelled caller leaves none behind.
+
+    Once the session process itself has ended (the server shutting down), the kernel's
+    shutdown ends its agents and there is no one left to send a kill from."""
+    me = session.kernel.procs.get(session.pid)
+    if me is None or me.reason is not None:
+        return
     for record in list(records):
         if record.ref is not None and record.status in ACTIVE:
             with contextlib.suppress(KernelError):
