@@ -3,8 +3,19 @@
 Each lane keeps its tuples by arity, in arrival order, and files every field value in an
 equality index (`(arity, position) -> value -> tuple ids`). A template is answered from the
 smallest bucket among its equality fields, so tuples that hold another value there are never
-looked at: with an equality field, `in`/`rd` cost does not grow with the tuples that cannot
-match. A template without one (only wildcards, types, ranges, prefixes) scans its arity.
+looked at. A template without one is answered from a type index (`position -> type -> ids`,
+in arrival order) or a sorted index (`position -> sorted (value, id)` for numbers and for
+strings; a range or prefix is two bisects): the planner counts each candidate set (O(log n))
+and takes the narrowest, then checks the rest of the template on those candidates only. So
+`in`/`rd` cost does not grow with the tuples that cannot match; only an all-wildcard template
+walks its arity. Type and sorted indexes are built for an (arity, position) the first time a
+template needs one (one pass), then kept up to date by every `out` and take, so lanes only
+ever queried by equality pay nothing for them.
+
+`in` takes the oldest matching tuple (ids grow with arrival): bucket, type and arity sources
+are walked oldest first and stop at the first match; a sorted index yields value order, so
+every candidate in its slice is checked and the smallest id wins (the planner prefers an
+arrival-order source when counts tie). `examined` counts the candidates checked.
 
 `in` and `rd` may block, with a timeout, until a matching tuple is `out`: an `out` first offers
 its tuple to the lane's waiters in arrival order (every matching `rd` sees it, the first
@@ -26,7 +37,9 @@ space checks it on every operation (`require`), so a revoked capability stops wo
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
+import math
 import re
 import sqlite3
 from collections import OrderedDict
@@ -35,8 +48,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from sortedcontainers import SortedList
+
 from yool.kernel.errors import CapError
-from yool.tuplespace.templates import Template, check_tuple, key
+from yool.tuplespace.templates import TYPE_COVERS, Range, Template, check_tuple, key, type_name
 
 if TYPE_CHECKING:
     from yool.kernel.caps import CapTable
@@ -80,7 +95,7 @@ class _Waiter:
 
 
 class _Lane:
-    __slots__ = ("by_arity", "count", "durable", "eq", "name", "waiters")
+    __slots__ = ("by_arity", "count", "durable", "eq", "examined", "extra", "name", "waiters")
 
     def __init__(self, name: str, durable: bool) -> None:
         self.name = name
@@ -89,8 +104,11 @@ class _Lane:
         # arity -> one index per position: value key -> tuple ids (the hot path looks an
         # arity up once, then walks its positions in step with the tuple's fields)
         self.eq: dict[int, list[dict[Any, Bucket]]] = {}
+        # arity -> the type and sorted indexes built so far, kept up to date by add/remove
+        self.extra: dict[int, dict[tuple[str, int], _Index]] = {}
         self.waiters: dict[int, list[_Waiter]] = {}
         self.count = 0
+        self.examined = 0  # candidates checked against a template (tests, metrics)
 
     def add(self, tid: int, t: Tup) -> None:
         arity = len(t)
@@ -109,6 +127,10 @@ class _Lane:
                 index[k] = OrderedDict(((bucket, None), (tid, None)))
             else:
                 bucket[tid] = None
+        extra = self.extra.get(arity)
+        if extra:
+            for ix in extra.values():
+                ix.add(tid, t)
         self.count += 1
 
     def remove(self, tid: int, t: Tup) -> None:
@@ -123,38 +145,198 @@ class _Lane:
                 del bucket[tid]
                 if not bucket:
                     del index[k]
+        extra = self.extra.get(len(t))
+        if extra:
+            for ix in extra.values():
+                ix.remove(tid, t)
         self.count -= 1
 
-    def candidates(self, tpl: Template) -> Iterable[int] | None:
-        """Ids to try, smallest equality bucket first; None: nothing can match."""
+    def _index(self, arity: int, kind: str, pos: int) -> _Index:
+        """The (arity, kind, position) index, built from the arity's tuples on first use."""
+        extra = self.extra.setdefault(arity, {})
+        ix = extra.get((kind, pos))
+        if ix is None:
+            ix = extra[kind, pos] = _TypeIndex(pos) if kind == "type" else _SortedIndex(pos, kind)
+            for tid, t in self.by_arity[arity].items():
+                ix.add(tid, t)
+        return ix
+
+    def plan(self, tpl: Template) -> tuple[Iterable[int], bool] | None:
+        """Candidate ids from the most selective index, and whether they come oldest first.
+
+        Equality first (the smallest bucket); else the narrowest type, range or prefix
+        candidate set by count (ties go to a source in arrival order, which can stop at its
+        first match); else the whole arity. None: nothing can match.
+        """
         rows = self.by_arity.get(tpl.arity)
         if not rows:
             return None
-        if not tpl.eq:
-            return rows
-        best: OrderedDict[int, None] | None = None
-        size = 0
-        indexes = self.eq[tpl.arity]
-        for pos, k in tpl.eq:
-            bucket = indexes[pos].get(k)
-            if bucket is None:
+        if tpl.eq:
+            best: OrderedDict[int, None] | None = None
+            size = 0
+            indexes = self.eq[tpl.arity]
+            for pos, k in tpl.eq:
+                bucket = indexes[pos].get(k)
+                if bucket is None:
+                    return None
+                if isinstance(bucket, int):
+                    return (bucket,), True
+                if best is None or len(bucket) < size:
+                    best, size = bucket, len(bucket)
+            return best or (), True
+        choice: tuple[int, bool, Any] = (len(rows), True, None)
+        for pos, name in tpl.types:
+            tix = self._index(tpl.arity, "type", pos)
+            assert isinstance(tix, _TypeIndex)
+            n = tix.count(name)
+            if n == 0:
                 return None
-            if isinstance(bucket, int):
-                return (bucket,)
-            if best is None or len(bucket) < size:
-                best, size = bucket, len(bucket)
-        return best
+            if n < choice[0]:
+                choice = (n, True, (tix, name))
+        for span in tpl.ranges:
+            six = self._index(tpl.arity, span[1], span[0])
+            assert isinstance(six, _SortedIndex)
+            lo, hi = six.bounds(span)
+            if hi <= lo:
+                return None
+            if hi - lo < choice[0]:
+                choice = (hi - lo, False, (six, lo, hi))
+        _, fifo, source = choice
+        if source is None:
+            return rows, True
+        if fifo:
+            tix, name = source
+            return tix.ids(name), True
+        six, lo, hi = source
+        return six.ids(lo, hi), False
+
+    def candidates(self, tpl: Template) -> Iterable[int] | None:
+        """The ids `plan` would try (None: nothing can match)."""
+        got = self.plan(tpl)
+        return None if got is None else got[0]
 
     def find(self, tpl: Template) -> tuple[int, Tup] | None:
-        ids = self.candidates(tpl)
-        if ids is None:
+        """The oldest tuple matching `tpl` (the one `in` takes), with its id."""
+        got = self.plan(tpl)
+        if got is None:
             return None
+        ids, fifo = got
         rows = self.by_arity[tpl.arity]
+        matches = tpl.matches
+        n = 0
+        hit: tuple[int, Tup] | None = None
         for tid in ids:
+            n += 1
+            t = rows[tid]
+            if matches(t) and (hit is None or tid < hit[0]):
+                hit = (tid, t)
+                if fifo:
+                    break
+        self.examined += n
+        return hit
+
+    def matching(self, tpl: Template, limit: int) -> list[Tup]:
+        """Up to `limit` matching tuples, oldest first."""
+        got = self.plan(tpl)
+        if got is None:
+            return []
+        ids, fifo = got
+        rows = self.by_arity[tpl.arity]
+        n = 0
+        hits: list[tuple[int, Tup]] = []
+        for tid in ids:
+            n += 1
             t = rows[tid]
             if tpl.matches(t):
-                return tid, t
-        return None
+                hits.append((tid, t))
+                if fifo and len(hits) >= limit:
+                    break
+        self.examined += n
+        if not fifo:
+            hits.sort(key=_first)
+        return [t for _, t in hits[:limit]]
+
+
+def _first(hit: tuple[int, Tup]) -> int:
+    return hit[0]
+
+
+class _TypeIndex:
+    """One position's tuple ids by the type of the value there, each in arrival order."""
+
+    __slots__ = ("by_type", "pos")
+
+    def __init__(self, pos: int) -> None:
+        self.pos = pos
+        self.by_type: dict[str, OrderedDict[int, None]] = {}
+
+    def add(self, tid: int, t: Tup) -> None:
+        name = type_name(t[self.pos])
+        bucket = self.by_type.get(name)
+        if bucket is None:
+            bucket = self.by_type[name] = OrderedDict()
+        bucket[tid] = None
+
+    def remove(self, tid: int, t: Tup) -> None:
+        name = type_name(t[self.pos])
+        bucket = self.by_type[name]
+        del bucket[tid]
+        if not bucket:
+            del self.by_type[name]
+
+    def count(self, constraint: str) -> int:
+        return sum(len(self.by_type.get(n, ())) for n in TYPE_COVERS[constraint])
+
+    def ids(self, constraint: str) -> Iterable[int]:
+        buckets = [b for n in TYPE_COVERS[constraint] if (b := self.by_type.get(n))]
+        return buckets[0] if len(buckets) == 1 else heapq.merge(*buckets)
+
+
+class _SortedIndex:
+    """One position's numbers (bools excluded) or strings, as sorted (value, id) pairs."""
+
+    __slots__ = ("is_num", "pairs", "pos")
+
+    def __init__(self, pos: int, kind: str) -> None:
+        self.pos = pos
+        self.is_num = kind == "num"
+        self.pairs: SortedList[tuple[Any, ...]] = SortedList()  # (value, id); (value,) bisects
+
+    def _fits(self, v: Any) -> bool:
+        tv = type(v)
+        return (tv is int or tv is float) if self.is_num else tv is str
+
+    def add(self, tid: int, t: Tup) -> None:
+        v = t[self.pos]
+        if self._fits(v):
+            self.pairs.add((v, tid))
+
+    def remove(self, tid: int, t: Tup) -> None:
+        v = t[self.pos]
+        if self._fits(v):
+            self.pairs.remove((v, tid))
+
+    def bounds(self, span: Range) -> tuple[int, int]:
+        """The slice of `pairs` whose values lie in the range (bisect; O(log n))."""
+        _, _, lo, lo_incl, hi, hi_incl = span
+        pairs = self.pairs
+        start = (
+            0
+            if lo is None
+            else (pairs.bisect_left((lo,)) if lo_incl else pairs.bisect_right((lo, math.inf)))
+        )
+        stop = (
+            len(pairs)
+            if hi is None
+            else (pairs.bisect_right((hi, math.inf)) if hi_incl else pairs.bisect_left((hi,)))
+        )
+        return start, stop
+
+    def ids(self, start: int, stop: int) -> Iterable[int]:
+        return (tid for _, tid in self.pairs.islice(start, stop))
+
+
+_Index = _TypeIndex | _SortedIndex
 
 
 class TupleSpace:
@@ -200,6 +382,11 @@ class TupleSpace:
             LaneInfo(n, lane.durable, lane.count, sum(len(w) for w in lane.waiters.values()))
             for n, lane in self._lanes.items()
         ]
+
+    @property
+    def examined(self) -> int:
+        """Candidates checked against a template so far, over every lane (tests, metrics)."""
+        return sum(lane.examined for lane in self._lanes.values())
 
     def count(self, name: str) -> int:
         lane = self._lanes.get(name)
@@ -310,19 +497,7 @@ class TupleSpace:
         lane = self._lanes.get(name)
         if lane is None or limit < 1:
             return []
-        tpl = _tpl(template)
-        ids = lane.candidates(tpl)
-        if ids is None:
-            return []
-        rows = lane.by_arity[tpl.arity]
-        out: list[Tup] = []
-        for tid in ids:
-            t = rows[tid]
-            if tpl.matches(t):
-                out.append(t)
-                if len(out) >= limit:
-                    break
-        return out
+        return lane.matching(_tpl(template), limit)
 
     async def in_(
         self, name: str, template: Template | Sequence[Any], wait_s: float | None = None

@@ -10,7 +10,9 @@ fixes the arity); each field is
   or strings, never mixed), `{"prefix": "src/"}`, `{"eq": value}` (to match an object).
 
 Equality fields are what the index looks tuples up by (`key`), so a template with one is
-answered from the bucket of tuples that hold that value, never from the whole lane.
+answered from the bucket of tuples that hold that value, never from the whole lane. The other
+constraints are kept in planner form too (`types`, `ranges`: a prefix is the string range
+`[prefix, successor)`), so the space can answer them from its type and sorted indexes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,16 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-__all__ = ["Template", "TemplateError", "TupleError", "check_tuple", "key"]
+__all__ = [
+    "TYPE_COVERS",
+    "Range",
+    "Template",
+    "TemplateError",
+    "TupleError",
+    "check_tuple",
+    "key",
+    "type_name",
+]
 
 MAX_ARITY: Final = 64
 
@@ -34,6 +45,20 @@ _TYPES: Final[dict[str, Callable[[Any], bool]]] = {
     "null": lambda v: v is None,
     "list": lambda v: type(v) is list,
     "object": lambda v: type(v) is dict,
+}
+_TYPE_NAMES: Final[dict[type, str]] = {
+    str: "str",
+    int: "int",
+    float: "float",
+    bool: "bool",
+    type(None): "null",
+    list: "list",
+    dict: "object",
+}
+# what a type constraint covers, as the per-value type names the type index files tuples by
+TYPE_COVERS: Final[dict[str, tuple[str, ...]]] = {
+    **{n: (n,) for n in _TYPE_NAMES.values()},
+    "number": ("int", "float"),
 }
 _SCALARS: Final = frozenset({str, int, bool, type(None)})
 _RANGE: Final = {"gt", "gte", "lt", "lte"}
@@ -56,6 +81,21 @@ def key(value: Any) -> Any:
     if t is bool:
         return _BOOL_KEYS[value]
     return ("\x00json", json.dumps(_canon(value), sort_keys=True, separators=(",", ":")))
+
+
+def type_name(value: Any) -> str:
+    """The type index's name for a stored value (`str`, `int`, ..., `object`)."""
+    return _TYPE_NAMES[type(value)]
+
+
+# (position, kind "num" or "str", low, low inclusive, high, high inclusive); None: unbounded
+Range = tuple[int, str, Any, bool, Any, bool]
+
+
+def _successor(prefix: str) -> str | None:
+    """The least string above every string starting with `prefix` (None: there is none)."""
+    stem = prefix.rstrip("\U0010ffff")
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
 
 
 def _canon(value: Any) -> Any:
@@ -105,7 +145,7 @@ def _prefix_pred(prefix: str) -> Callable[[Any], bool]:
     return pred
 
 
-def _range_pred(spec: dict[str, Any], pos: int) -> Callable[[Any], bool]:
+def _range_pred(spec: dict[str, Any], pos: int) -> tuple[Callable[[Any], bool], Range]:
     bounds = {k: spec[k] for k in _RANGE if k in spec}
     kinds = {"str" if type(b) is str else "num" for b in bounds.values()}
     for k, b in bounds.items():
@@ -129,13 +169,15 @@ def _range_pred(spec: dict[str, Any], pos: int) -> Callable[[Any], bool]:
             and (lte is None or v <= lte)
         )
 
-    return pred
+    lo, lo_incl = (gte, True) if gt is None or (gte is not None and gte > gt) else (gt, False)
+    hi, hi_incl = (lte, True) if lt is None or (lte is not None and lte < lt) else (lt, False)
+    return pred, (pos, "str" if is_str else "num", lo, lo_incl, hi, hi_incl)
 
 
 class Template:
     """A compiled template: its arity, its equality keys and its other predicates."""
 
-    __slots__ = ("arity", "eq", "fields", "preds")
+    __slots__ = ("arity", "eq", "fields", "preds", "ranges", "types")
 
     def __init__(self, fields: Sequence[Any]) -> None:
         if isinstance(fields, str | bytes | dict) or not isinstance(fields, Sequence):
@@ -148,6 +190,8 @@ class Template:
         self.arity = len(fields)
         eq: list[tuple[int, Any]] = []
         preds: list[tuple[int, Callable[[Any], bool]]] = []
+        types: list[tuple[int, str]] = []
+        ranges: list[Range] = []
         for pos, f in enumerate(fields):
             if f is None:
                 continue
@@ -181,15 +225,21 @@ class Template:
                         f"template[{pos}].type: {f['type']!r} is not one of {', '.join(_TYPES)}"
                     )
                 preds.append((pos, test))
+                types.append((pos, f["type"]))
             if "prefix" in f:
                 prefix = f["prefix"]
                 if type(prefix) is not str:
                     raise TemplateError(f"template[{pos}].prefix: must be a string")
                 preds.append((pos, _prefix_pred(prefix)))
+                ranges.append((pos, "str", prefix, True, _successor(prefix), False))
             if _RANGE & f.keys():
-                preds.append((pos, _range_pred(f, pos)))
+                pred, span = _range_pred(f, pos)
+                preds.append((pos, pred))
+                ranges.append(span)
         self.eq = tuple(eq)
         self.preds = tuple(preds)
+        self.types = tuple(types)
+        self.ranges = tuple(ranges)
 
     def matches(self, values: Sequence[Any]) -> bool:
         """Whether a tuple fits every field of this template."""
