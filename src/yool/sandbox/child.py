@@ -2,9 +2,10 @@
 
 This runs in a process the zygote has just forked, so it must never return into the zygote's
 loop: it always ends in `os._exit`. Layers go on in an order where each still has what it
-needs: descriptors and session first, then (once the host has put the child in its cgroup)
-rlimits, the uid drop, no-new-privs, non-dumpable, Landlock, and seccomp last. Only after
-every requested layer is in place does it tell the host which are active and run the code;
+needs: session and descriptors first, then the hello that lets the host place the child in
+its cgroup, and while the host does that: rlimits, the uid drop, no-new-privs, non-dumpable,
+Landlock, and seccomp last. Only once every requested layer is in place and the host has
+said go (the child is in its cgroup) does it tell the host which are active and run the code;
 a layer that fails stops the run (exit 125) rather than running the code with less.
 """
 
@@ -51,16 +52,21 @@ class _CapData(ctypes.Structure):
     )
 
 
-def run(spec: dict[str, Any], out_fd: int, err_fd: int, cb_fd: int) -> None:
-    """Become the task (never returns)."""
+def run(
+    spec: dict[str, Any], out_fd: int, err_fd: int, cb_fd: int, *, detached: bool = False
+) -> None:
+    """Become the task (never returns). `detached`: a spare that has already `detach`ed."""
     code = SANDBOX_FAILED
     try:
+        if not detached:
+            detach()
         _descriptors(out_fd, err_fd, cb_fd)
         cb = socket.socket(fileno=CB_FD)
         cb.setblocking(True)
         client = Client(cb)
-        client.hello()  # the host learns our pid (SCM_CREDENTIALS) and places us
-        layers = apply_layers(spec)
+        client.hello()  # the host learns our pid (SCM_CREDENTIALS) and places us...
+        layers = apply_layers(spec)  # ...while we confine ourselves: nothing of the code runs
+        client.wait_go()  # until it has: the code starts inside its cgroup, or not at all
         client.started(layers)
         code = _execute(spec, client)
     except BaseException as e:  # a layer failed: say so, never run the code with less
@@ -70,11 +76,15 @@ def run(spec: dict[str, Any], out_fd: int, err_fd: int, cb_fd: int) -> None:
         os._exit(code)
 
 
-def _descriptors(out_fd: int, err_fd: int, cb_fd: int) -> None:
+def detach() -> None:
+    """Leave the zygote's session, signal handlers and wake-up descriptor (no task needed)."""
     os.setsid()
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+
+
+def _descriptors(out_fd: int, err_fd: int, cb_fd: int) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out_fd, 1)

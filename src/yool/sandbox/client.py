@@ -42,7 +42,11 @@ class Client:
     # -- the set-up handshake (before the code runs) ----------------------------------
 
     def hello(self) -> None:
+        """Tell the host who we are (it reads our pid from SCM_CREDENTIALS and places us)."""
         self._send({"hello": 1})
+
+    def wait_go(self) -> None:
+        """Block until the host has placed us (in our cgroup) and lets the code run."""
         reply = self._line()
         if not isinstance(reply, dict) or reply.get("go") != 1:
             raise CallbackError(f"the host did not let the task start: {reply!r}")
