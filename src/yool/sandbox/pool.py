@@ -198,8 +198,8 @@ class _Zygote:
                 if not run.exited.done():
                     run.exited.set_exception(RuntimeError("the zygote died"))
 
-    async def send(self, msg: dict[str, Any], fds: list[int]) -> None:
-        data = json.dumps(msg).encode()
+    async def send(self, msg: dict[str, Any] | bytes, fds: list[int]) -> None:
+        data = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
         loop = asyncio.get_running_loop()
         while True:
@@ -419,7 +419,8 @@ class Pool:
     ) -> RunResult:
         tid = run.tid
         spec = self._spec(p, tid, path, task).to_json()
-        if len(json.dumps(spec)) > MAX_CODE:
+        message = json.dumps({"op": "run", "spec": spec}).encode()  # encoded once
+        if len(message) > MAX_CODE:
             return RunResult(SANDBOX_ERROR, error=f"code: longer than {MAX_CODE} bytes")
         z = self._pick()
         out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -431,7 +432,7 @@ class Pool:
         helpers: list[asyncio.Task[Any]] = []
         try:
             try:
-                await z.send({"op": "run", "spec": spec}, [out_w, err_w, child_cb.fileno()])
+                await z.send(message, [out_w, err_w, child_cb.fileno()])
             finally:
                 os.close(out_w)
                 os.close(err_w)

@@ -6,7 +6,7 @@ data crosses into the sandbox: the code, its workdir, its limits and the layers 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Lang = Literal["python", "sh"]
@@ -87,4 +87,8 @@ class ChildSpec:
     read_write_files: list[str]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow (asdict deep-copies): the pool builds each spec fresh and only encodes it.
+        return {name: getattr(self, name) for name in _CHILD_FIELDS}
+
+
+_CHILD_FIELDS = tuple(f.name for f in fields(ChildSpec))
