@@ -344,3 +344,156 @@ def test_durable_lanes_survive_a_restart_and_plain_ones_do_not(tmp_path: Path) -
 def test_a_durable_lane_needs_a_store() -> None:
     with pytest.raises(SpaceError, match="need a store"):
         TupleSpace().declare("l", durable=True)
+
+
+# -- type, range and prefix indexes ----------------------------------------------------------
+
+
+def _examined_by(space: TupleSpace, op: Any) -> tuple[Any, int]:
+    before = space.examined
+    got = op()
+    return got, space.examined - before
+
+
+@pytest.mark.parametrize("others", [1_000, 100_000])
+def test_type_range_and_prefix_templates_examine_only_their_candidates(others: int) -> None:
+    space = TupleSpace()
+    for i in range(others):  # none of these can match any template below
+        space.out_nowait("l", [i, f"src/{i}", i])
+    for t in ([-1, "docs/b", "x"], [-3, "docs/a", "y"], [-2, "docs/c", "z"]):
+        space.out_nowait("l", t)
+    type_tpl = [None, None, {"type": "str"}]
+    range_tpl = [{"gte": -5, "lt": 0}, {"type": "str"}, None]  # the type set is all of them
+    prefix_tpl = [None, {"prefix": "docs/"}, None]
+    for tpl in (type_tpl, range_tpl, prefix_tpl):
+        space.rdp("l", tpl)  # the first use of a position builds its index
+        got, n = _examined_by(space, lambda tpl=tpl: space.rdp("l", tpl))
+        # the type bucket is in arrival order (stops at its first match); a sorted slice is
+        # checked whole for its oldest match: either way only the three candidates
+        assert got == (-1, "docs/b", "x") and n == (1 if tpl is type_tpl else 3), (tpl, n)
+    # takes come oldest first whichever index answers, and look only at what is left
+    taken = []
+    for tpl in (range_tpl, prefix_tpl, type_tpl):
+        got, n = _examined_by(space, lambda tpl=tpl: space.inp("l", tpl))
+        taken.append(got)
+        assert n <= 3
+    assert taken == [(-1, "docs/b", "x"), (-3, "docs/a", "y"), (-2, "docs/c", "z")]
+    for tpl in (type_tpl, range_tpl, prefix_tpl):
+        got, n = _examined_by(space, lambda tpl=tpl: space.inp("l", tpl))
+        assert got is None and n == 0
+    assert space.count("l") == others
+    # a range or prefix that holds one of the others still costs only its own candidates
+    got, n = _examined_by(space, lambda: space.scan("l", [{"gt": 9, "lte": 11}, None, None]))
+    assert got == [(10, "src/10", 10), (11, "src/11", 11)] and n == 2
+    got, n = _examined_by(space, lambda: space.scan("l", [None, {"prefix": "src/99"}, None], 1))
+    assert got == [(99, "src/99", 99)]
+    assert n == sum(1 for i in range(others) if str(i).startswith("99"))  # its own slice only
+
+
+def _oracle_field(f: Any, v: Any) -> bool:
+    """An independent reading of one template field (not the space's predicates)."""
+    if f is None:
+        return True
+    if not isinstance(f, dict):
+        return _same(f, v)
+    if "eq" in f and not _same(f["eq"], v):
+        return False
+    if "type" in f:
+        t = _type_of(v)
+        if not (t == f["type"] or (f["type"] == "number" and t in ("int", "float"))):
+            return False
+    if "prefix" in f and not (isinstance(v, str) and v.startswith(f["prefix"])):
+        return False
+    bounds = {k: f[k] for k in ("gt", "gte", "lt", "lte") if k in f}
+    if bounds:
+        want_str = isinstance(next(iter(bounds.values())), str)
+        if want_str != isinstance(v, str) or (not want_str and type(v) not in (int, float)):
+            return False
+        for k, b in bounds.items():
+            if not {"gt": v > b, "gte": v >= b, "lt": v < b, "lte": v <= b}[k]:
+                return False
+    return True
+
+
+def _oracle(template: list[Any], t: list[Any]) -> bool:
+    return len(t) == len(template) and all(
+        _oracle_field(f, v) for f, v in zip(template, t, strict=True)
+    )
+
+
+num_bounds = st.one_of(st.integers(-5, 5), st.sampled_from([-1.5, 0.5, 2.0]))
+str_bounds = st.text("ab/", max_size=3)
+
+
+@st.composite
+def any_field(draw: st.DrawFn) -> Any:
+    kind = draw(
+        st.sampled_from(["any", "eq", "type", "range", "srange", "prefix", "mixed", "eqobj"])
+    )
+    if kind == "any":
+        return None
+    if kind == "eq":
+        return draw(values)
+    if kind == "eqobj":
+        return {"eq": draw(values)}
+    types = st.sampled_from(["str", "int", "float", "number", "bool", "null", "list"])
+    if kind == "type":
+        return {"type": draw(types)}
+    if kind in ("range", "srange"):
+        ks = draw(st.lists(st.sampled_from(["gt", "gte", "lt", "lte"]), min_size=1, unique=True))
+        b = num_bounds if kind == "range" else str_bounds
+        return {k: draw(b) for k in ks}
+    if kind == "prefix":
+        return {"prefix": draw(st.text("ab/", max_size=2))}
+    out: dict[str, Any] = {"type": draw(types)}  # mixed: a type with a range or a prefix
+    if draw(st.booleans()):
+        out["prefix"] = draw(st.text("ab/", max_size=2))
+    else:
+        out[draw(st.sampled_from(["gt", "gte", "lt", "lte"]))] = draw(num_bounds)
+    return out
+
+
+templates = st.integers(1, 3).flatmap(lambda n: st.lists(any_field(), min_size=n, max_size=n))
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("out"), tuples),
+        st.tuples(st.sampled_from(["in", "rd", "scan"]), templates),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(tuples, max_size=30), ops)
+def test_indexed_answers_equal_a_brute_force_scan_through_outs_and_takes(
+    stored: list[list[Any]], steps: list[tuple[str, Any]]
+) -> None:
+    space = TupleSpace()
+    mirror: list[tuple[Any, ...]] = []  # what the lane holds, in arrival order
+    for t in stored:
+        space.out_nowait("l", t)
+        mirror.append(tuple(t))
+    for op, arg in steps:
+        if op == "out":
+            space.out_nowait("l", arg)
+            mirror.append(tuple(arg))
+            continue
+        hits = [i for i, t in enumerate(mirror) if _oracle(arg, list(t))]
+        first = repr(mirror[hits[0]]) if hits else "None"  # repr: 1, 1.0 and True differ
+        if op == "scan":  # oldest first
+            assert list(map(repr, space.scan("l", arg, limit=1000))) == [
+                repr(mirror[i]) for i in hits
+            ]
+        elif op == "rd":
+            assert repr(space.rdp("l", arg)) == first
+        else:
+            assert repr(space.inp("l", arg)) == first  # in takes the oldest match
+            if hits:
+                del mirror[hits[0]]
+        assert space.count("l") == len(mirror)
+        pure = [f for f in arg if f is not None]
+        if len(pure) == 1 and isinstance(pure[0], dict) and not {"eq", "type"} & pure[0].keys():
+            # one range or prefix: its bisected slice is exactly the tuples that fit it
+            ids = space._lanes["l"].candidates(Template(arg))
+            fit = sum(_oracle(arg, list(t)) for t in mirror)
+            assert (0 if ids is None else len(list(ids))) == fit
