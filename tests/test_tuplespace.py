@@ -494,6 +494,7 @@ def test_indexed_answers_equal_a_brute_force_scan_through_outs_and_takes(
         pure = [f for f in arg if f is not None]
         if len(pure) == 1 and isinstance(pure[0], dict) and not {"eq", "type"} & pure[0].keys():
             # one range or prefix: its bisected slice is exactly the tuples that fit it
-            ids = space._lanes["l"].candidates(Template(arg))
+            lane = space._lanes.get("l")
+            ids = None if lane is None else lane.candidates(Template(arg))
             fit = sum(_oracle(arg, list(t)) for t in mirror)
             assert (0 if ids is None else len(list(ids))) == fit
