@@ -12,12 +12,6 @@ It speaks JSON messages on that socket:
 - zygote -> pool: `{"op": "ready", ...}` once, `{"op": "started", "id", "pid"}`, and
   `{"op": "exited", "id", "status", "signal", "cpu_ms", "max_rss_kb"}` per child.
 
-Between tasks it keeps one spare child, forked ahead of time (`_Spare`): a run is handed to
-the spare over its own socket, so the fork and the child's after-fork work are off the run's
-path; a new spare is forked when a task ends (or the zygote has none), while the host
-reads that task's results rather than while a task sets up. A spare holds none of the zygote's
-descriptors but its own socket, and becomes a task exactly as a fresh fork would.
-
 It is a child subreaper, so a task's orphans (a double-forked daemon) land here rather than
 with init; any child that is not a live task's is killed on sight. On EOF from the pool it
 kills every child and exits. Forking is cheap because the child shares the zygote's
@@ -101,51 +95,6 @@ def _setup(raw: str) -> None:
             raise SystemExit(1) from None
 
 
-class _Spare:
-    """A child forked ahead of time, waiting on its socket for a task's spec and descriptors."""
-
-    def __init__(self, close: list[int]) -> None:
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        for s in (mine, theirs):
-            with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MSG)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MAX_MSG)
-        pid = os.fork()
-        if pid == 0:
-            _spare_main(theirs, [mine.fileno(), *close])
-        theirs.close()
-        self.pid = pid
-        self.sock = mine
-
-    def hand(self, msg: dict[str, Any], fds: list[int]) -> bool:
-        """Give it the run; False if it is gone (then fork one as before)."""
-        try:
-            data = json.dumps(msg).encode()
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-            self.sock.sendmsg([data], anc)
-            return True
-        except OSError:
-            return False  # it sees EOF as this end closes, and exits
-        finally:
-            self.sock.close()
-
-
-def _spare_main(sock: socket.socket, close: list[int]) -> None:
-    """In a spare: drop the zygote's descriptors and session, then wait for a task (or EOF)."""
-    try:
-        from yool.sandbox import child
-
-        child.detach()  # no wake-up fd from here on: the zygote's may be closed now
-        for fd in close:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        msg, fds = _recv(sock)  # blocks; EOF when the zygote goes
-        if msg is not None and msg.get("op") == "run" and len(fds) >= 3:
-            child.run(msg["spec"], *fds[:3], detached=True)
-    finally:
-        os._exit(125)
-
-
 def main() -> None:
     ctl = socket.socket(fileno=int(sys.argv[1]) if len(sys.argv) > 1 else CTL_FD)
     ctl.setblocking(True)
@@ -160,8 +109,6 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     tasks: dict[int, int] = {}  # child pid -> task id
     forking = False  # a task that may fork ran: sweep for orphans now and then
-    keep = [ctl.fileno(), wake_r, wake_w]  # what a spare must not hold
-    spare: _Spare | None = _Spare(keep)
     _send(ctl, {"op": "ready", "pid": os.getpid(), "uid": os.getuid()})
     while True:
         ready, _, _ = select.select([ctl.fileno(), wake_r], [], [], SWEEP_S if forking else None)
@@ -179,28 +126,19 @@ def main() -> None:
             if msg.get("op") == "run":
                 spec = msg["spec"]
                 forking = forking or bool(spec.get("allow_fork"))
-                if spare is not None and len(fds) >= 3 and spare.hand(msg, fds[:3]):
-                    pid = spare.pid
-                else:
-                    pid = _fork(spec, fds)
-                spare = None
+                pid = _fork(spec, fds)
                 tasks[pid] = int(spec["id"])
                 _send(ctl, {"op": "started", "id": spec["id"], "pid": pid})
             elif msg.get("op") == "kill":
                 for pid, tid in list(tasks.items()):
                     if tid == msg.get("id"):
                         _signal_group(pid, int(msg.get("sig", signal.SIGKILL)))
-                _sweep(tasks, spare)
+                _sweep(tasks)
             for fd in fds:
                 os.close(fd)
-        ended, others = _reap(ctl, tasks)
-        if spare is not None and spare.pid in others:  # the spare died (killed): replace it
-            spare.sock.close()
-            spare = None
+        _reap(ctl, tasks)
         if forking:
-            _sweep(tasks, spare)
-        if spare is None and (ended or not tasks):
-            spare = _Spare(keep)  # for the next run, while the host reads this one's results
+            _sweep(tasks)
 
 
 def _fork(spec: dict[str, Any], fds: list[int]) -> int:
@@ -215,21 +153,17 @@ def _fork(spec: dict[str, Any], fds: list[int]) -> int:
     return pid
 
 
-def _reap(ctl: socket.socket, tasks: dict[int, int]) -> tuple[int, set[int]]:
-    """Report every task that ended: how many did, and the other children reaped."""
-    ended, others = 0, set[int]()
+def _reap(ctl: socket.socket, tasks: dict[int, int]) -> None:
     while True:
         try:
             pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return ended, others
+            return
         if pid == 0:
-            return ended, others
+            return
         tid = tasks.pop(pid, None)
         if tid is None:
-            others.add(pid)  # an orphan that came to us and died (or the spare)
-            continue
-        ended += 1
+            continue  # an orphan that came to us and died
         _signal_group(pid, signal.SIGKILL)  # whatever it left in its process group
         _send(
             ctl,
@@ -250,8 +184,8 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(target, sig)
 
 
-def _sweep(tasks: dict[int, int], spare: _Spare | None = None) -> None:
-    """Kill every child of ours that is not a live task (or the spare): a task's orphan."""
+def _sweep(tasks: dict[int, int]) -> None:
+    """Kill every child of ours that is not a live task: a task's orphan, come to us."""
     me = os.getpid()
     try:
         entries = os.listdir("/proc")
@@ -261,7 +195,7 @@ def _sweep(tasks: dict[int, int], spare: _Spare | None = None) -> None:
         if not name.isdigit():
             continue
         pid = int(name)
-        if pid in tasks or pid == me or (spare is not None and pid == spare.pid):
+        if pid in tasks or pid == me:
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
