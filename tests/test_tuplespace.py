@@ -498,3 +498,15 @@ def test_indexed_answers_equal_a_brute_force_scan_through_outs_and_takes(
             ids = None if lane is None else lane.candidates(Template(arg))
             fit = sum(_oracle(arg, list(t)) for t in mirror)
             assert (0 if ids is None else len(list(ids))) == fit
+
+
+def test_a_narrow_range_beats_a_wide_equality_bucket() -> None:
+    space = TupleSpace()
+    for i in range(100_000):
+        space.out_nowait("jobs", ["job", i])
+    tpl = ["job", {"gte": 500, "lt": 502}]
+    space.rdp("jobs", tpl)  # builds the position's sorted index
+    got, n = _examined_by(space, lambda: space.inp("jobs", tpl))
+    assert got == ("job", 500) and n == 2  # not the 100,000 tuples holding "job"
+    got, n = _examined_by(space, lambda: space.inp("jobs", ["job", 7]))
+    assert got == ("job", 7) and n == 1  # a unique value still wins outright

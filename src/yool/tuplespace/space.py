@@ -3,14 +3,14 @@
 Each lane keeps its tuples by arity, in arrival order, and files every field value in an
 equality index (`(arity, position) -> value -> tuple ids`). A template is answered from the
 smallest bucket among its equality fields, so tuples that hold another value there are never
-looked at. A template without one is answered from a type index (`position -> type -> ids`,
-in arrival order) or a sorted index (`position -> sorted (value, id)` for numbers and for
-strings; a range or prefix is two bisects): the planner counts each candidate set (O(log n))
-and takes the narrowest, then checks the rest of the template on those candidates only. So
-`in`/`rd` cost does not grow with the tuples that cannot match; only an all-wildcard template
-walks its arity. Type and sorted indexes are built for an (arity, position) the first time a
-template needs one (one pass), then kept up to date by every `out` and take, so lanes only
-ever queried by equality pay nothing for them.
+looked at. A template without one, or whose buckets are wide, is answered from a type index
+(`position -> type -> ids`, in arrival order) or a sorted index (`position -> sorted (value,
+id)` for numbers and for strings; a range or prefix is two bisects): the planner counts each
+candidate set (O(log n)) and takes the narrowest, then checks the rest of the template on
+those candidates only. So `in`/`rd` cost does not grow with the tuples that cannot match; only
+an all-wildcard template walks its arity. Type and sorted indexes are built for an (arity,
+position) the first time a template needs one (one pass), then kept up to date by every `out`
+and take, so lanes only ever queried by equality pay nothing for them.
 
 `in` takes the oldest matching tuple (ids grow with arrival): bucket, type and arity sources
 are walked oldest first and stop at the first match; a sorted index yields value order, so
@@ -164,13 +164,15 @@ class _Lane:
     def plan(self, tpl: Template) -> tuple[Iterable[int], bool] | None:
         """Candidate ids from the most selective index, and whether they come oldest first.
 
-        Equality first (the smallest bucket); else the narrowest type, range or prefix
-        candidate set by count (ties go to a source in arrival order, which can stop at its
-        first match); else the whole arity. None: nothing can match.
+        The smallest equality bucket, unless a type, range or prefix candidate set is
+        narrower by count (ties go to equality, then to a source in arrival order, which can
+        stop at its first match); with none of these, the whole arity. None: nothing can
+        match.
         """
         rows = self.by_arity.get(tpl.arity)
         if not rows:
             return None
+        choice: tuple[int, bool, Any] = (len(rows), True, None)
         if tpl.eq:
             best: OrderedDict[int, None] | None = None
             size = 0
@@ -183,8 +185,9 @@ class _Lane:
                     return (bucket,), True
                 if best is None or len(bucket) < size:
                     best, size = bucket, len(bucket)
-            return best or (), True
-        choice: tuple[int, bool, Any] = (len(rows), True, None)
+            if not (tpl.types or tpl.ranges):
+                return best or (), True
+            choice = (size, True, best)
         for pos, name in tpl.types:
             tix = self._index(tpl.arity, "type", pos)
             assert isinstance(tix, _TypeIndex)
@@ -204,6 +207,8 @@ class _Lane:
         _, fifo, source = choice
         if source is None:
             return rows, True
+        if isinstance(source, OrderedDict):
+            return source, True
         if fifo:
             tix, name = source
             return tix.ids(name), True
