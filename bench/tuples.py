@@ -1,10 +1,12 @@
-"""Tuple-space figures: indexed in/out with a million tuples present, declaring a million lazy
-agents, and draining 100,000 tasks through a lane served by lazily materialised agents.
+"""Tuple-space figures: indexed in/out (equality; range or prefix) with a million tuples present,
+declaring a million lazy agents, and draining 100,000 tasks through a lane served by lazily
+materialised agents.
 
     .venv/bin/python bench/tuples.py
 
-Prints `tuple_ops_per_s`, `batch_declare_s`, `batch_declare_mb` and `lane_drain_s`, one JSON
-object per line. In memory (no store): these measure the space, not SQLite.
+Prints `tuple_ops_per_s`, `tuple_ops_per_s_range`, `batch_declare_s`, `batch_declare_mb` and
+`lane_drain_s`, one JSON object per line. In memory (no store): these measure the space, not
+SQLite.
 """
 
 from __future__ import annotations
@@ -45,6 +47,44 @@ def tuple_ops() -> None:
     took = time.perf_counter() - t0
     assert space.count("jobs") == PRESENT
     emit("tuple_ops_per_s", OPS / took, "ops/s", present=PRESENT, ops=OPS, template="eq,eq,any")
+
+
+def tuple_ops_range() -> None:
+    """in/out where every `in` has no equality field: a range or a prefix template."""
+    space = TupleSpace()
+    for i in range(PRESENT):
+        space.out_nowait("jobs", ["job", i, f"p/{i:07d}"])
+    gc.collect()
+    inp, out = space.inp, space.out_nowait
+    t0 = time.perf_counter()  # the first use of each position builds its sorted index
+    assert inp("jobs", Template([None, {"gte": 0, "lt": 1}, None])) == ("job", 0, "p/0000000")
+    assert inp("jobs", Template([None, None, {"prefix": "p/0000001"}])) is not None
+    out("jobs", ["job", PRESENT, f"p/{PRESENT:07d}"])
+    out("jobs", ["job", PRESENT + 1, f"p/{PRESENT + 1:07d}"])
+    build = time.perf_counter() - t0
+    half = OPS // 2
+    examined = space.examined
+    t0 = time.perf_counter()
+    for k in range(2, half + 2):
+        if k % 2 == 0:
+            got = inp("jobs", Template([None, {"gte": k, "lt": k + 2}, None]))
+        else:
+            got = inp("jobs", Template([None, None, {"prefix": f"p/{k:07d}"}]))
+        assert got is not None and got[1] == k
+        n = PRESENT + k
+        out("jobs", ["job", n, f"p/{n:07d}"])
+    took = time.perf_counter() - t0
+    assert space.count("jobs") == PRESENT
+    emit(
+        "tuple_ops_per_s_range",
+        OPS / took,
+        "ops/s",
+        present=PRESENT,
+        ops=OPS,
+        template="any,range,any | any,any,prefix",
+        examined_per_in=round((space.examined - examined) / half, 2),
+        index_build_s=round(build, 2),
+    )
 
 
 def batch_declare() -> None:
@@ -96,6 +136,7 @@ async def lane_drain() -> None:
 
 def main() -> None:
     tuple_ops()
+    tuple_ops_range()
     batch_declare()
     asyncio.run(lane_drain())
 
