@@ -300,25 +300,21 @@ class _TypeIndex:
 class _SortedIndex:
     """One position's numbers (bools excluded) or strings, as sorted (value, id) pairs."""
 
-    __slots__ = ("is_num", "pairs", "pos")
+    __slots__ = ("pairs", "pos", "types")
 
     def __init__(self, pos: int, kind: str) -> None:
         self.pos = pos
-        self.is_num = kind == "num"
+        self.types: frozenset[type] = frozenset((int, float) if kind == "num" else (str,))
         self.pairs: SortedList[tuple[Any, ...]] = SortedList()  # (value, id); (value,) bisects
-
-    def _fits(self, v: Any) -> bool:
-        tv = type(v)
-        return (tv is int or tv is float) if self.is_num else tv is str
 
     def add(self, tid: int, t: Tup) -> None:
         v = t[self.pos]
-        if self._fits(v):
+        if type(v) in self.types:
             self.pairs.add((v, tid))
 
     def remove(self, tid: int, t: Tup) -> None:
         v = t[self.pos]
-        if self._fits(v):
+        if type(v) in self.types:
             self.pairs.remove((v, tid))
 
     def bounds(self, span: Range) -> tuple[int, int]:
