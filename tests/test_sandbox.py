@@ -47,7 +47,10 @@ def test_the_probe_names_every_layer_and_what_a_missing_one_leaves_open() -> Non
     broken.check(2)  # accepting the lower level explicitly lets it run
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="as root, uid 0 is a missing privilege drop")
+@pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason="it stages a missing layer by dropping to uid 0, which only root can ask for",
+)
 def test_a_pool_below_its_level_refuses_to_start(real: Any) -> None:
     async def main() -> None:
         pool = Pool(Config(level=2, uid=0))

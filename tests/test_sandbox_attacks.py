@@ -623,7 +623,9 @@ def test_the_attack_suite_holds_for_an_unprivileged_user(suid_binary: Path | Non
     assert counts["passed"] + len(missing) >= 25, tail
 
 
-@pytest.mark.skipif(not UNPRIV, reason="checks the unprivileged re-run itself")
+@pytest.mark.skipif(
+    not UNPRIV, reason="runs only inside the unprivileged re-run of this module (see above)"
+)
 def test_this_run_is_unprivileged(sb: Sandbox) -> None:
     assert os.geteuid() == UNPRIV_UID
     r = sb.run("import os\nprint(os.getuid(), os.geteuid())")
