@@ -9,15 +9,13 @@ bad eval set refused as a tool error, and the evolution's agents in `ps`.
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mcp.client import Client
-from mcp.client.stdio import StdioServerParameters
 
+from stdio_servers import on_fake_anthropic, stdio
 from yool.personas.evolve import MUTATOR_SYSTEM
 from yool.testing import FakeProvider, Recorded, Script, Turn
 
@@ -38,17 +36,7 @@ def test_prompt_evolve_over_stdio_reports_progress_per_candidate_and_its_lineage
     ws = tmp_path / "ws"
     ws.mkdir()
     fake = FakeProvider.start_in_thread(Script(respond=_respond))
-    env = {
-        **os.environ,
-        "YOOL_HOME": str(tmp_path / "home"),
-        "YOOL_HEARTBEAT_S": "0.05",
-        "YOOL_PROVIDER": "anthropic",
-        "ANTHROPIC_API_KEY": "sk-test-evolve",
-        "ANTHROPIC_BASE_URL": fake.url,
-    }
-    params = StdioServerParameters(
-        command=sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(ws)
-    )
+    params = stdio(tmp_path / "home", cwd=ws, **on_fake_anthropic(fake.url, "sk-test-evolve"))
     evals = [
         {"task": "What is 6*7?", "check": "exact", "want": "42"},
         {"task": "And 40+2?", "check": "regex", "want": r"^\s*42\s*$"},

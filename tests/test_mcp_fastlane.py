@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 from pydantic import Field
 
+from stdio_servers import server_env
 from yool.policy import RuntimePolicy
 from yool.server.fastlane import FastLane, fast_operations
 from yool.server.mcp import failure_message
@@ -240,11 +240,6 @@ def test_a_cancelled_call_is_never_answered_and_the_end_waits_for_the_rest(
 
 
 # -- lane on and lane off, over stdio, side by side --------------------------------------
-
-
-def server_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOOL_", "ANTHROPIC_"))}
-    return {**env, "YOOL_HOME": str(home), "YOOL_PROVIDER": "scripted", **extra}
 
 
 class Raw:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any
 import mcp_types as types
 import pytest
 from mcp.client import Client
-from mcp.client.stdio import StdioServerParameters
 
+from stdio_servers import on_fake_anthropic, stdio
 from yool.testing import FakeProvider, Recorded, Script, Turn
 
 LESSONS = ["Run the failing test alone first.", "Pin the lockfile before upgrading."]
@@ -31,12 +30,6 @@ def _respond(rec: Recorded) -> Turn:
     if "You distil a finished AI agent" in json.dumps(rec.body.get("system")):
         return Turn.say(json.dumps([*LESSONS, "The agent fixed it."]))
     return Turn.say("Done: the bug is fixed.")
-
-
-def _params(ws: Path, env: dict[str, str]) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(ws)
-    )
 
 
 async def _call(client: Client, tool: str, progress: Any = None, **args: Any) -> dict[str, Any]:
@@ -60,18 +53,12 @@ def test_every_memory_tool_over_stdio_and_lessons_outlive_the_server(
     ws = tmp_path / "ws"
     ws.mkdir()
     fake = FakeProvider.start_in_thread(Script(respond=_respond))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("YOOL_", "ANTHROPIC_"))},
-        "YOOL_HOME": str(tmp_path / "home"),
-        "YOOL_HEARTBEAT_S": "0.05",
-        "YOOL_PROVIDER": "anthropic",
-        "ANTHROPIC_API_KEY": "sk-test-mcp-memory",
-        "ANTHROPIC_BASE_URL": fake.url,
-    }
+    params = stdio(tmp_path / "home", cwd=ws, **on_fake_anthropic(fake.url, "sk-test-mcp-memory"))
+    env = params.env
     here = str(ws.resolve())
 
     async def first() -> list[int]:
-        async with Client(_params(ws, env), mode=mode) as c:
+        async with Client(params, mode=mode) as c:
             names = {t.name for t in (await c.list_tools()).tools}
             assert {"lesson_remember", "lesson_recall", "lesson_learn", "lesson_forget"} <= names
             made = await _call(c, "lesson_remember", text="Quote FTS5 terms.", tags=["sqlite"])
@@ -118,7 +105,7 @@ def test_every_memory_tool_over_stdio_and_lessons_outlive_the_server(
             return [x["id"] for x in learned["lessons"]]
 
     async def second(ids: list[int]) -> None:
-        async with Client(_params(ws, env), mode=mode) as c:
+        async with Client(params, mode=mode) as c:
             found = (await _call(c, "lesson_recall", query="failing test lockfile", k=5))["lessons"]
             assert sorted(x["id"] for x in found) == sorted(ids)
             assert not (await _call(c, "lesson_recall", query="queries short"))["lessons"]

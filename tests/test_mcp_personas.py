@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
+from stdio_servers import on_fake_anthropic, stdio
 from yool.personas.forge import FORGE_SYSTEM
 from yool.testing import FakeProvider, Recorded, Script, Turn
 from yool.testing.fake_provider import ThreadedFakeProvider
@@ -56,21 +55,7 @@ def _workspace(tmp: Path) -> Path:
 
 
 def _params(ws: Path, home: Path, fake: ThreadedFakeProvider) -> StdioServerParameters:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("YOOL_", "ANTHROPIC_", "OPENAI_", "CODEX_"))
-    }
-    env.update(
-        YOOL_HOME=str(home),
-        YOOL_HEARTBEAT_S="0.05",
-        YOOL_PROVIDER="anthropic",
-        ANTHROPIC_API_KEY="sk-test-mcp-personas",
-        ANTHROPIC_BASE_URL=fake.url,
-    )
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(ws)
-    )
+    return stdio(home, cwd=ws, **on_fake_anthropic(fake.url, "sk-test-mcp-personas"))
 
 
 async def _call(client: Client, tool: str, **args: Any) -> dict[str, Any]:

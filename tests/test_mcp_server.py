@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import os
 import queue
 import socket
 import subprocess
@@ -36,31 +35,12 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from pydantic import BaseModel, Field
 
+from stdio_servers import server_env, stdio
 from yool.server.schema import compact_schema
 
 T = TypeVar("T")
 CALL_S = 20.0  # one client interaction never takes longer than this
 CONTEXT_BUDGET = 16_000  # chars of the serialised tools/list with every group on
-
-
-def server_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("YOOL_", "ANTHROPIC_", "OPENAI_", "CODEX_"))
-    }
-    env.update(YOOL_HOME=str(home), YOOL_HEARTBEAT_S="0.05", YOOL_PROVIDER="scripted")
-    env.update(extra)
-    return env
-
-
-def stdio(home: Path, **extra: str) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=sys.executable,
-        args=["-m", "yool", "server", "--stdio"],
-        env=server_env(home, **extra),
-        cwd=str(home),
-    )
 
 
 class Served:

@@ -20,6 +20,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from stdio_servers import stdio
 from yool.drivers.kv import KVDriver
 from yool.drivers.sandbox import SandboxDriver
 from yool.kernel import Kernel, Sys
@@ -183,11 +184,7 @@ def test_a_session_journals_code_runs_and_charges_them(real: Any, tmp_path: Path
 
 
 def _params(ws: Path, home: Path) -> StdioServerParameters:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOOL_", "ANTHROPIC_"))}
-    env.update(YOOL_HOME=str(home), YOOL_SANDBOX_LEVEL=str(max(LEVEL, 0)))
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(ws)
-    )
+    return stdio(home, cwd=ws, YOOL_SANDBOX_LEVEL=str(max(LEVEL, 0)))
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])

@@ -4,8 +4,6 @@ a sub-agent gets from its capabilities."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from stdio_servers import stdio
 from yool.kernel import CapError
 from yool.policy import RuntimePolicy
 from yool.testing.fake_provider import FakeProvider
@@ -22,11 +21,7 @@ from yool.userland.agents.tools import _child_caps, build_toolbox
 
 
 def params(home: Path) -> StdioServerParameters:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("YOOL_", "ANTHROPIC_"))}
-    env.update(YOOL_HOME=str(home), YOOL_PROVIDER="scripted")
-    return StdioServerParameters(
-        command=sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(home)
-    )
+    return stdio(home)
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
