@@ -1,4 +1,4 @@
-"""Personas as MCP prompts, and the `yool://personas` resource.
+"""Personas as MCP prompts (the `yool://personas` resource is with the others in `resources`).
 
 Every persona the session knows is a prompt of the same name with one optional argument,
 `task`. `prompts/get` answers with the persona's system prompt, followed by the lessons most
@@ -10,16 +10,14 @@ added while the server runs are listed at once.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.shared.exceptions import MCPError
 
 from yool.personas.forge import relevant_lessons
-from yool.personas.registry import Persona, declared_tools, enriched
+from yool.personas.registry import Persona, enriched
 from yool.tools import OpError, Session
 
 if TYPE_CHECKING:
@@ -71,24 +69,6 @@ async def render(session: Session, name: str, arguments: dict[str, str]) -> type
     return types.GetPromptResult(description=as_prompt(persona).description, messages=messages)
 
 
-def personas_view(session: Session) -> dict[str, Any]:
-    """Every persona with its prompt, and the files skipped (`yool://personas`)."""
-    rows = [
-        {
-            "name": p.name,
-            "description": p.description,
-            "domain": p.domain,
-            "tools": declared_tools(p),
-            "model": p.model,
-            "source": p.source,
-            "path": p.path,
-            "prompt": p.prompt,
-        }
-        for p in session.personas.all()
-    ]
-    return {"personas": rows, "warnings": session.personas.warnings}
-
-
 def _session(holder: Holder) -> Session:
     if holder.session is None:
         raise MCPError(
@@ -98,7 +78,7 @@ def _session(holder: Holder) -> Session:
 
 
 def add_prompts(server: MCPServer[Any], holder: Holder) -> None:
-    """Serve the session's personas as prompts (live), and `yool://personas`."""
+    """Serve the session's personas as prompts, listed live."""
     low = server._lowlevel_server
 
     async def list_prompts(
@@ -116,16 +96,3 @@ def add_prompts(server: MCPServer[Any], holder: Holder) -> None:
 
     low.add_request_handler("prompts/list", types.PaginatedRequestParams, list_prompts)
     low.add_request_handler("prompts/get", types.GetPromptRequestParams, get_prompt)
-
-    @server.resource(
-        "yool://personas",
-        name="personas",
-        description="Personas: prompts, tools, where each comes from",
-        mime_type="application/json",
-    )
-    async def personas() -> str:
-        session = holder.session
-        if session is None:
-            raise ResourceError("the yool session is not running (starting or stopping)")
-        await session.personas.arefresh()
-        return json.dumps(personas_view(session), ensure_ascii=False)

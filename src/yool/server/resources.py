@@ -77,6 +77,15 @@ def add_resources(server: MCPServer[Any], holder: Holder) -> None:
         return _dumps(await _view(holder, views.lessons_view))
 
     @server.resource(
+        "yool://personas",
+        name="personas",
+        description="Personas: prompts, tools, where each comes from",
+        mime_type=JSON,
+    )
+    async def personas() -> str:
+        return _dumps(await _view(holder, views.personas_view))
+
+    @server.resource(
         "yool://metrics",
         name="metrics",
         description="Kernel metrics (Prometheus text)",

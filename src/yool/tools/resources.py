@@ -1,5 +1,5 @@
 """Read-only views of a session for MCP resources: agents, one agent, transcripts, trace,
-lessons.
+lessons, personas.
 
 Each view is JSON-able data built from the session's agent records and the kernel's events
 (the live ring, or the store for agents of earlier runs); the server module only registers
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from yool.personas.registry import declared_tools
 from yool.tools.agents import status_of
 from yool.tools.introspection import recent_events
 from yool.tools.session import Session
@@ -76,6 +77,25 @@ async def lessons_view(session: Session) -> dict[str, Any]:
     """The newest lessons this workspace sees (its own and global ones), at most LESSONS_LIMIT."""
     lessons = await session.lessons.visible(LESSONS_LIMIT)
     return {"workspace": session.lessons.here, "lessons": [x.to_json() for x in lessons]}
+
+
+async def personas_view(session: Session) -> dict[str, Any]:
+    """Every persona with its prompt, and the files skipped (`yool://personas`)."""
+    await session.personas.arefresh()
+    rows = [
+        {
+            "name": p.name,
+            "description": p.description,
+            "domain": p.domain,
+            "tools": declared_tools(p),
+            "model": p.model,
+            "source": p.source,
+            "path": p.path,
+            "prompt": p.prompt,
+        }
+        for p in session.personas.all()
+    ]
+    return {"personas": rows, "warnings": session.personas.warnings}
 
 
 def metrics_text(session: Session) -> str:
