@@ -34,8 +34,8 @@ from yool.tools.prompts import (
     Prompt,
     blank,
     capped,
+    forge_from_memory,
     no_host_model,
-    with_heartbeat,
     within,
 )
 from yool.tools.session import Session
@@ -256,19 +256,15 @@ async def persona_specialize(call: Call, args: SpecializeArgs) -> Specialized:
     tools, writes, missing = (
         (base.tools, base.writes, base.unavailable) if base else map_tools(None)
     )
-    lessons = await forge.relevant_lessons(session, f"{args.domain} {args.goal}", args.k)
     template = base or Persona(name=name, prompt="", tools=tools, writes=writes)
-    forged = await with_heartbeat(
+    forged, lesson_ids = await forge_from_memory(
         call,
-        forge.forge(
-            session,
-            args.domain,
-            goal=args.goal,
-            tools=[t for t in declared_tools(template) if t in (*GROUPS, "write")],
-            lessons=[lesson.text for lesson in lessons],
-            base=base.prompt if base else None,
-        ),
+        args.domain,
+        args.goal,
+        [t for t in declared_tools(template) if t in (*GROUPS, "write")],
+        args.k,
         f"forging persona {name}",
+        base=base.prompt if base else None,
     )
     persona = Persona(
         name=name,
@@ -285,6 +281,6 @@ async def persona_specialize(call: Call, args: SpecializeArgs) -> Specialized:
     return Specialized(
         source=saved.source,
         prompt=forged.prompt,
-        lessons=[lesson.id for lesson in lessons],
+        lessons=lesson_ids,
         pid=forged.pid,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, Field
@@ -114,21 +114,29 @@ async def prompt_forge(call: Call, args: ForgeArgs) -> Written:
     """Write a system prompt for a domain, goal and tools, using k recalled lessons."""
     blank("domain", args.domain, "name the agent's domain, e.g. 'Python packaging'")
     no_host_model(call)
-    session = call.session
-    lessons = await forge.relevant_lessons(session, f"{args.domain} {args.goal}", args.k)
-    forged = await with_heartbeat(
-        call,
-        forge.forge(
-            session,
-            args.domain,
-            goal=args.goal,
-            tools=args.tools,
-            lessons=[lesson.text for lesson in lessons],
-        ),
-        f"forging a prompt for {args.domain[:60]}",
+    forged, ids = await forge_from_memory(
+        call, args.domain, args.goal, args.tools, args.k, f"forging a prompt for {args.domain[:60]}"
     )
-    ids = [lesson.id for lesson in lessons]
     return Written(prompt=forged.prompt, pid=forged.pid, lessons=ids)
+
+
+async def forge_from_memory(
+    call: Call,
+    domain: str,
+    goal: str,
+    tools: Sequence[str],
+    k: int,
+    what: str,
+    *,
+    base: str | None = None,
+) -> tuple[forge.Forged, list[int]]:
+    """Forge a prompt with the k lessons most relevant to `domain` and `goal` baked in,
+    reporting progress as `what`; the prompt, and the ids of the lessons used."""
+    lessons = await forge.relevant_lessons(call.session, f"{domain} {goal}", k)
+    texts = [lesson.text for lesson in lessons]
+    work = forge.forge(call.session, domain, goal=goal, tools=tools, lessons=texts, base=base)
+    forged = await with_heartbeat(call, work, what)
+    return forged, [lesson.id for lesson in lessons]
 
 
 class RefineArgs(Args):
