@@ -22,6 +22,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     PrivateAttr,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -343,6 +344,46 @@ class RuntimePolicy(BaseSettings):
         le=2**31 - 1,
     )
 
+    # Multi-node (issue 9): off by default; nothing of yool.cluster loads unless it is on.
+    cluster: Literal["off", "tcp", "ray"] = _knob(
+        "off", "CLUSTER", "run with other yool nodes: off (one machine), tcp or ray"
+    )
+    node_id: str | None = _knob(None, "NODE_ID", "this node's id in a cluster (default: hostname)")
+    cluster_listen: str = _knob(
+        "127.0.0.1:0", "CLUSTER_LISTEN", "tcp cluster: host:port this node listens on"
+    )
+    cluster_peers: str = _knob(
+        "", "CLUSTER_PEERS", "peer nodes: name=host:port,... (tcp) or names (ray)"
+    )
+    cluster_key: SecretStr | None = _knob(
+        None, "CLUSTER_KEY", "shared HMAC key of the cluster (secret: shown redacted)"
+    )
+    cluster_key_file: Path | None = _knob(
+        None, "CLUSTER_KEY_FILE", "file holding the shared HMAC key (instead of CLUSTER_KEY)"
+    )
+    cluster_window_s: float = _knob(
+        30.0,
+        "CLUSTER_WINDOW_S",
+        "envelope freshness window and tolerated clock skew, s",
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+    )
+    cluster_max_pending: int = _knob(
+        1024, "CLUSTER_MAX_PENDING", "envelopes queued per peer before sends are refused", ge=1
+    )
+    cluster_down_after_s: float = _knob(
+        3.0,
+        "CLUSTER_DOWN_AFTER_S",
+        "a peer unreachable this long is down: its monitors get noconnection, s",
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+    )
+    ray_address: str | None = _knob(
+        None, "RAY_ADDRESS", "ray cluster: address for ray.init (default: local)"
+    )
+
     _env_used: Mapping[str, str] = PrivateAttr(default_factory=dict)
 
     @classmethod
@@ -488,6 +529,8 @@ def _plain(value: object) -> Any:
         return str(value)
     if isinstance(value, frozenset):
         return sorted(value)
+    if isinstance(value, SecretStr):
+        return "(set, redacted)"  # a secret is never shown, only whether it is set
     return value
 
 

@@ -45,6 +45,7 @@ from yool.kernel.reasons import (
     killed,
     quota,
 )
+from yool.kernel.remote import Remote
 from yool.kernel.sys import Sys
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ class Kernel:
         self._image_names: dict[Image, str] = {}
         self.drivers: dict[str, Driver] = {}
         self.names: dict[str, int] = {}
+        self.gateway: Remote | None = None  # a node gateway, when this kernel is in a cluster
         self.counters = Counters()
         self.interrupted: list[int] = []
         self._reaped: OrderedDict[int, ExitReason] = OrderedDict()

@@ -23,10 +23,11 @@ class Message(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Down:
-    """A monitored process died."""
+    """A monitored process died (`node`: the node it ran on, when it was a remote one)."""
 
     pid: int
     reason: ExitReason
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

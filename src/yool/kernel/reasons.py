@@ -2,8 +2,9 @@
 
 The vocabulary is Erlang/OTP's: `normal`, `fault(error)`, `quota(resource)`,
 `killed(by)`, `deadline`, `shutdown`; plus `interrupted` for a process whose
-kernel stopped underneath it (found after a restart), and `noproc` in a `Down`
-about a pid this kernel no longer remembers.
+kernel stopped underneath it (found after a restart), `noproc` in a `Down`
+about a pid this kernel no longer remembers, and `noconnection` in a `Down` about a
+process on another node that became unreachable (Erlang's word).
 """
 
 from __future__ import annotations
@@ -12,7 +13,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Kind = Literal[
-    "normal", "fault", "quota", "killed", "deadline", "shutdown", "interrupted", "noproc"
+    "normal",
+    "fault",
+    "quota",
+    "killed",
+    "deadline",
+    "shutdown",
+    "interrupted",
+    "noproc",
+    "noconnection",
 ]
 
 
@@ -51,6 +60,7 @@ DEADLINE = ExitReason("deadline")
 SHUTDOWN = ExitReason("shutdown")
 INTERRUPTED = ExitReason("interrupted")
 NOPROC = ExitReason("noproc")
+NOCONNECTION = ExitReason("noconnection")
 
 
 def fault(error: BaseException | str) -> ExitReason:

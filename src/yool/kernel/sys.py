@@ -124,9 +124,17 @@ class Sys:
         """Deliver `body`, blocking while the receiver's mailbox is full.
 
         Returns False if the receiver had already died (the message is dropped,
-        as in Erlang). Capabilities in `caps` move to the receiver.
+        as in Erlang). Capabilities in `caps` move to the receiver. Over a `remote`
+        capability (a process on another node) the body goes to the node gateway instead:
+        never blocking (a full or unreachable peer raises `KernelError`), and never with
+        `caps`, which cannot cross the wire.
         """
-        p, target_pid, caps = self._address(ref, caps)
+        try:
+            p, target_pid, caps = self._address(ref, caps)
+        except CapError:
+            if self._remote(ref, "send") is None:
+                raise
+            return self._send_remote(ref, body, caps)
         if p.stopped is not None:
             await self.checkpoint()
         k = self._k
@@ -156,7 +164,12 @@ class Sys:
 
     def send_nowait(self, ref: str, body: Any, caps: tuple[str, ...] = ()) -> bool:
         """Like `send`, but raise `KernelError` instead of waiting for room."""
-        p, target_pid, caps = self._address(ref, caps)
+        try:
+            p, target_pid, caps = self._address(ref, caps)
+        except CapError:
+            if self._remote(ref, "send") is None:
+                raise
+            return self._send_remote(ref, body, caps)
         target = self._k.procs.get(target_pid)
         if target is not None and target.reason is None and self._k.mailbox_full(target):
             raise KernelError(f"mailbox of pid {target.pid} is full")
@@ -172,6 +185,32 @@ class Sys:
             for c in caps:
                 k.caps.require_held(p.pid, c)
         return p, target_pid, caps
+
+    def _remote(self, ref: str, right: str) -> Any:
+        """The remote capability behind `ref` held with `right` (checked), or None if `ref`
+        is not a remote capability at all (the caller re-raises its own error then)."""
+        k = self._k
+        cap = k.caps.lookup(ref) if isinstance(ref, str) else None
+        if cap is None or cap.kind != "remote" or cap.owner != self._p.pid:
+            return None
+        k.caps.require(self._p.pid, ref, right, "remote")
+        if k.gateway is None:
+            raise KernelError("this kernel is not in a cluster: no route to another node")
+        return cap
+
+    def _send_remote(self, ref: str, body: Any, caps: tuple[str, ...]) -> bool:
+        p = self._me()
+        cap = self._remote(ref, "send")
+        if caps:
+            raise KernelError(
+                f"send: capabilities cannot cross the wire to node {cap.target[0]!r}; "
+                "send plain data (the remote node grants its own authority)"
+            )
+        gateway = self._k.gateway
+        assert gateway is not None
+        gateway.send(p.pid, cap.target, body)
+        self._k.counters.sent += 1
+        return True
 
     def _hand_over(
         self, p: Process, target: Process | None, body: Any, caps: tuple[str, ...]
@@ -277,7 +316,14 @@ class Sys:
         """Receive `Down(pid, reason)` when the process behind `ref` dies (at once if dead)."""
         p = self._me()
         k = self._k
-        target_pid: int = k.caps.require(p.pid, ref, "monitor", "process").target
+        try:
+            target_pid: int = k.caps.require(p.pid, ref, "monitor", "process").target
+        except CapError:
+            remote = self._remote(ref, "monitor")
+            if remote is None or k.gateway is None:
+                raise
+            k.gateway.monitor(p.pid, remote.target)
+            return
         target = k.procs.get(target_pid)
         if target is None or target.reason is not None:
             reason = target.reason if target is not None else k._reaped.get(target_pid)
@@ -291,7 +337,14 @@ class Sys:
     def demonitor(self, ref: str) -> None:
         p = self._me()
         k = self._k
-        target = k.procs.get(k.caps.require(p.pid, ref, "monitor", "process").target)
+        try:
+            target = k.procs.get(k.caps.require(p.pid, ref, "monitor", "process").target)
+        except CapError:
+            remote = self._remote(ref, "monitor")
+            if remote is None or k.gateway is None:
+                raise
+            k.gateway.demonitor(p.pid, remote.target)
+            return
         if target is not None and target.monitors:
             target.monitors.discard(p.pid)
 
@@ -336,7 +389,14 @@ class Sys:
     def _signal(self, ref: str, sig: str) -> bool:
         p = self._me()
         k = self._k
-        target: int = k.caps.require(p.pid, ref, "kill", "process").target
+        try:
+            target: int = k.caps.require(p.pid, ref, "kill", "process").target
+        except CapError:
+            remote = self._remote(ref, "kill")
+            if remote is None or k.gateway is None:
+                raise
+            k.gateway.signal(p.pid, remote.target, sig)
+            return True
         done = k.signal(target, sig, by=p.pid)
         self._me()  # signalled itself
         return done

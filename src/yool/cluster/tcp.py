@@ -1,0 +1,277 @@
+"""The plain TCP transport: two or more hosts without Ray.
+
+Each node listens on one TCP port and dials every peer it knows. A connection carries
+newline-delimited envelopes one way, dialler to listener: the first line is a hello
+(`{"hello": node, "listen": "host:port"}`), then one sealed envelope per line, and an empty
+line as a heartbeat. A listener that hears a hello from a node it has no route to dials it
+back at the address it gave, so only one side needs to be told about the other.
+
+Sending never blocks: each peer has a bounded pending queue drained, in order, by one
+writer task per peer that connects, reconnects with exponential backoff and full jitter,
+and waits for the socket to drain (so a slow peer fills the queue, not our memory). A full
+queue REFUSES the new envelope (`send` returns False) and never drops older ones; the
+gateway turns the refusal into an error for the sender. When a peer's connection is lost
+and cannot be re-made within `down_after_s`, the peer is reported down once (remote
+monitors then get `noconnection`), what was pending for it is dropped and counted, and
+sends to it are refused until it is reachable again; reconnecting goes on in the
+background, backing off to `backoff_max_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from yool.cluster.envelope import MAX_ENVELOPE_BYTES
+from yool.cluster.transport import DEFAULT_DOWN_AFTER_S, DEFAULT_MAX_PENDING, PeerState, Transport
+
+log = logging.getLogger("yool.cluster.tcp")
+
+HELLO_TIMEOUT_S = 5.0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:port`) -> (host, port); ValueError says what is wrong."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(slots=True)
+class _Peer:
+    node: str
+    host: str
+    port: int
+    pending: deque[bytes] = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    up: bool = False
+    down: bool = False  # reported down: sends are refused until it is up again
+    task: asyncio.Task[None] | None = None
+    down_timer: asyncio.TimerHandle | None = None
+
+
+class TcpTransport(Transport):
+    kind = "tcp"
+
+    def __init__(
+        self,
+        node: str,
+        *,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        peers: dict[str, tuple[str, int]] | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        down_after_s: float = DEFAULT_DOWN_AFTER_S,
+        backoff_base_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+    ) -> None:
+        self.node = node
+        self.max_pending = max_pending
+        self.down_after_s = down_after_s
+        self.heartbeat_s = max(down_after_s / 3, 0.05)
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self._listen = listen
+        self._peers: dict[str, _Peer] = {}
+        self._initial = dict(peers or {})
+        self._server: asyncio.Server | None = None
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._stats = {"sent": 0, "received": 0, "refused": 0, "dropped": 0, "reconnects": 0}
+        self.address: tuple[str, int] = listen
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self._listen[0], self._listen[1], limit=MAX_ENVELOPE_BYTES + 1024
+        )
+        sock = self._server.sockets[0].getsockname()
+        self.address = (self._listen[0], int(sock[1]))
+        for name, (host, port) in self._initial.items():
+            self.add_peer(name, host, port)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks: list[asyncio.Task[None]] = []
+        for peer in self._peers.values():
+            if peer.down_timer is not None:
+                peer.down_timer.cancel()
+            self._stats["dropped"] += len(peer.pending)
+            peer.pending.clear()
+            if peer.task is not None:
+                peer.task.cancel()
+                tasks.append(peer.task)
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._inbound):
+            t.cancel()
+            tasks.append(t)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    def closed(self) -> bool:
+        return self._closed
+
+    def add_peer(self, node: str, host: str, port: int) -> None:
+        """Route envelopes for `node` to host:port (and start dialling it)."""
+        if self._closed or node == self.node:
+            return
+        peer = self._peers.get(node)
+        if peer is not None:
+            if (peer.host, peer.port) == (host, port):
+                return
+            peer.host, peer.port = host, port  # the writer picks it up at its next dial
+            return
+        peer = self._peers[node] = _Peer(node, host, port)
+        peer.task = asyncio.get_running_loop().create_task(self._pump(peer))
+
+    # -- sending ------------------------------------------------------------------
+
+    def send(self, node: str, data: bytes) -> bool:
+        peer = self._peers.get(node)
+        if self._closed or peer is None or peer.down or len(peer.pending) >= self.max_pending:
+            self._stats["refused"] += 1
+            return False
+        peer.pending.append(data)
+        peer.wake.set()
+        return True
+
+    async def _pump(self, peer: _Peer) -> None:
+        """Connect, say hello, write what is pending in order; reconnect with backoff."""
+        attempt = 0
+        while True:
+            if self._closed:
+                return
+            writer: asyncio.StreamWriter | None = None
+            try:
+                reader, writer = await asyncio.open_connection(peer.host, peer.port)
+                hello = {"hello": self.node, "listen": f"{self.address[0]}:{self.address[1]}"}
+                writer.write(json.dumps(hello).encode() + b"\n")
+                await writer.drain()
+                attempt = 0
+                self._connected(peer)
+                eof = asyncio.ensure_future(reader.read(1))  # the listener never writes: EOF
+                try:
+                    await self._write_loop(peer, writer, eof)
+                finally:
+                    eof.cancel()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, ConnectionError, EOFError) as e:
+                log.debug("tcp %s -> %s: %r", self.node, peer.node, e)
+            finally:
+                if writer is not None:
+                    writer.close()
+            if self.closed():  # (a method: mypy would keep the narrowing from above)
+                return
+            self._lost(peer)
+            delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
+            attempt = min(attempt + 1, 30)
+            self._stats["reconnects"] += 1
+            await asyncio.sleep(delay)
+
+    async def _write_loop(
+        self, peer: _Peer, writer: asyncio.StreamWriter, eof: asyncio.Future[bytes]
+    ) -> None:
+        while True:
+            while peer.pending:
+                writer.write(peer.pending.popleft() + b"\n")
+                self._stats["sent"] += 1
+                if writer.transport.get_write_buffer_size() > 1 << 20:
+                    await writer.drain()
+            await writer.drain()
+            peer.wake.clear()
+            wake: asyncio.Future[Any] = asyncio.ensure_future(peer.wake.wait())
+            watched: set[asyncio.Future[Any]] = {wake, eof}
+            try:
+                done, _ = await asyncio.wait(
+                    watched, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                wake.cancel()
+            if eof in done:
+                raise EOFError("peer closed the connection")
+            if not done:
+                writer.write(b"\n")  # heartbeat: a dead peer shows up as a failed write
+
+    def _connected(self, peer: _Peer) -> None:
+        if peer.down_timer is not None:
+            peer.down_timer.cancel()
+            peer.down_timer = None
+        peer.down = False
+        if not peer.up:
+            peer.up = True
+            self.peer_event(peer.node, True)
+
+    def _lost(self, peer: _Peer) -> None:
+        if peer.up:
+            peer.up = False
+        if peer.down_timer is None and not peer.down:
+            loop = asyncio.get_running_loop()
+            peer.down_timer = loop.call_later(self.down_after_s, self._give_up, peer)
+
+    def _give_up(self, peer: _Peer) -> None:
+        peer.down_timer = None
+        if peer.up or self._closed:
+            return
+        peer.down = True
+        self._stats["dropped"] += len(peer.pending)
+        peer.pending.clear()
+        self.peer_event(peer.node, False)
+
+    # -- receiving ------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound.add(task)
+        try:
+            line = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S)
+            hello = json.loads(line)
+            node = hello["hello"]
+            if not isinstance(node, str) or not node:
+                raise ValueError("bad hello")
+            listen = hello.get("listen")
+            if isinstance(listen, str) and node not in self._peers:
+                host, port = parse_address(listen)
+                peer_host = (
+                    writer.get_extra_info("peername")[0] if host in ("0.0.0.0", "::") else host
+                )
+                self.add_peer(node, peer_host, port)  # dial back: replies need a route
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                line = line.rstrip(b"\n")
+                if line:
+                    self._stats["received"] += 1
+                    self.deliver(node, line)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bad or broken connection: drop it, keep serving
+            log.debug("tcp %s: inbound connection dropped: %r", self.node, e)
+        finally:
+            self._inbound.discard(task)
+            writer.close()
+
+    # -- status -------------------------------------------------------------------
+
+    def peers(self) -> list[PeerState]:
+        return [
+            PeerState(p.node, p.up, f"{p.host}:{p.port}", len(p.pending))
+            for p in self._peers.values()
+        ]
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
