@@ -25,8 +25,8 @@ from pydantic import Field
 
 from stdio_servers import server_env
 from yool.policy import RuntimePolicy
+from yool.server.failures import failure_message
 from yool.server.fastlane import FastLane, fast_operations
-from yool.server.mcp import failure_message
 from yool.tools import OPERATIONS, Args, Call, Operation, OpError, Result, Session, load_all
 
 load_all()

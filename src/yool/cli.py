@@ -91,10 +91,15 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="MCP over stdin/stdout (the default)")
     mode.add_argument("--http", action="store_true", help="MCP over streamable HTTP on 127.0.0.1")
+    mode.add_argument("--lsp", action="store_true", help="LSP over stdin/stdout (for editors)")
     parser.add_argument("--port", type=int, default=8765, help="HTTP port (default 8765)")
 
 
 def _server(args: argparse.Namespace) -> int:
+    if args.lsp:
+        from yool.server.lsp import serve  # without the MCP SDK: an editor waits on it
+
+        return serve(load_policy())
     from yool.server.mcp import build
 
     policy = load_policy()

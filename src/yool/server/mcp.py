@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 from yool import __version__
-from yool.kernel import KernelError
 from yool.policy import RuntimePolicy
+from yool.server.failures import failure_message
 from yool.server.fastlane import FastLane, fast_operations
 from yool.server.prompts import add_prompts
 from yool.server.resources import add_resources
@@ -40,7 +40,7 @@ from yool.server.schema import (
     shallow,
 )
 from yool.server.stdio import stdio_streams
-from yool.tools import Call, Operation, OpError, Session, enabled
+from yool.tools import Call, Operation, Session, enabled
 
 log = logging.getLogger("yool.server")
 
@@ -87,17 +87,6 @@ def _parameter(name: str, info: FieldInfo) -> inspect.Parameter:
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
     )
-
-
-def failure_message(e: Exception) -> str | None:
-    """What the caller is told of a failed operation; None for a crash (not the caller's)."""
-    if isinstance(e, OpError):
-        return str(e)
-    if isinstance(e, KernelError):
-        return f"{type(e).__name__}: {e}"
-    if isinstance(e, ValueError):  # a model validator's message names its field
-        return str(e)
-    return None
 
 
 def tool_function(op: Operation[Any, Any], holder: Holder) -> Callable[..., Awaitable[Any]]:
