@@ -81,7 +81,7 @@ class TcpTransport(Transport):
         self._peers: dict[str, _Peer] = {}
         self._initial = dict(peers or {})
         self._server: asyncio.Server | None = None
-        self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._closed = False
         self._stats = {"sent": 0, "received": 0, "refused": 0, "dropped": 0, "reconnects": 0}
         self.address: tuple[str, int] = listen
@@ -112,10 +112,13 @@ class TcpTransport(Transport):
                 tasks.append(peer.task)
         if self._server is not None:
             self._server.close()
-        for t in list(self._inbound):
-            t.cancel()
-            tasks.append(t)
+        for w in list(self._inbound.values()):
+            w.close()  # its reader sees the end and the handler returns (never cancelled:
+            # asyncio's server callback would log a cancelled handler as an error)
+        inbound = list(self._inbound)
         await asyncio.gather(*tasks, return_exceptions=True)
+        if inbound:
+            await asyncio.wait(inbound, timeout=1.0)
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
@@ -235,7 +238,7 @@ class TcpTransport(Transport):
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._inbound.add(task)
+        self._inbound[task] = writer
         try:
             line = await asyncio.wait_for(reader.readline(), HELLO_TIMEOUT_S)
             hello = json.loads(line)
@@ -262,7 +265,7 @@ class TcpTransport(Transport):
         except Exception as e:  # a bad or broken connection: drop it, keep serving
             log.debug("tcp %s: inbound connection dropped: %r", self.node, e)
         finally:
-            self._inbound.discard(task)
+            self._inbound.pop(task, None)
             writer.close()
 
     # -- status -------------------------------------------------------------------
