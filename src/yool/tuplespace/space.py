@@ -42,13 +42,14 @@ import json
 import math
 import re
 import sqlite3
+from bisect import bisect_left, insort
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from heapq import heapify, heappop, heappush
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
-
-from sortedcontainers import SortedList
 
 from yool.kernel.errors import CapError
 from yool.tuplespace.templates import TYPE_COVERS, Range, Template, check_tuple, key, type_name
@@ -64,6 +65,13 @@ _LANE_NAME: Final = re.compile(r"[A-Za-z0-9_.:/\-]{1,128}")
 
 Tup = tuple[Any, ...]
 Bucket = int | OrderedDict[int, None]
+
+INLINE_BUILD: Final = 4096  # an index over at most this many tuples is built at once
+BUILD_SLICE: Final = 4096  # else in slices of this many tuples, yielding to the loop between
+_BLOCK: Final = 512  # a sorted index's blocks hold 512..1024 pairs
+_FEW: Final = 64  # a range holding at most this many is checked whole, in value order
+_INF: Final = math.inf
+_second: Final = itemgetter(1)
 
 
 class SpaceError(ValueError):
@@ -95,16 +103,29 @@ class _Waiter:
 
 
 class _Lane:
-    __slots__ = ("by_arity", "count", "durable", "eq", "examined", "extra", "name", "waiters")
+    __slots__ = (
+        "building",
+        "by_arity",
+        "count",
+        "durable",
+        "eq",
+        "examined",
+        "extra",
+        "name",
+        "space",
+        "waiters",
+    )
 
-    def __init__(self, name: str, durable: bool) -> None:
+    def __init__(self, space: TupleSpace, name: str, durable: bool) -> None:
+        self.space = space
         self.name = name
         self.durable = durable
+        self.building: dict[tuple[int, str, int], asyncio.Task[None]] = {}
         self.by_arity: dict[int, OrderedDict[int, Tup]] = {}
         # arity -> one index per position: value key -> tuple ids (the hot path looks an
         # arity up once, then walks its positions in step with the tuple's fields)
         self.eq: dict[int, list[dict[Any, Bucket]]] = {}
-        # arity -> the type and sorted indexes built so far, kept up to date by add/remove
+        # arity -> the type and sorted indexes made so far, kept up to date by add/remove
         self.extra: dict[int, dict[tuple[str, int], _Index]] = {}
         self.waiters: dict[int, list[_Waiter]] = {}
         self.count = 0
@@ -114,8 +135,7 @@ class _Lane:
         arity = len(t)
         rows = self.by_arity.get(arity)
         if rows is None:
-            rows = self.by_arity[arity] = OrderedDict()
-            self.eq[arity] = [{} for _ in range(arity)]
+            rows = self.rows(arity)
         rows[tid] = t
         for index, value in zip(self.eq[arity], t, strict=True):
             tv = type(value)
@@ -151,28 +171,98 @@ class _Lane:
                 ix.remove(tid, t)
         self.count -= 1
 
-    def _index(self, arity: int, kind: str, pos: int) -> _Index:
-        """The (arity, kind, position) index, built from the arity's tuples on first use."""
-        extra = self.extra.setdefault(arity, {})
+    def rows(self, arity: int) -> OrderedDict[int, Tup]:
+        rows = self.by_arity.get(arity)
+        if rows is None:
+            rows = self.by_arity[arity] = OrderedDict()
+            self.eq[arity] = [{} for _ in range(arity)]
+        return rows
+
+    def index(self, arity: int, kind: str, pos: int) -> _Index | None:
+        """The (arity, kind, position) index if it is ready; else None, and it is being built.
+
+        A missing index over at most `inline` tuples is built here and now (cheap, and from
+        then on kept up by every add and remove). A bigger one is built by a task on the loop
+        in slices of `slice_` tuples with a yield between them, so the loop never stalls:
+        the arity's ids are copied once (the snapshot; one C-level copy); while the build runs
+        the index takes adds into its `tail` (in arrival order) and applies removes to what
+        it holds (a tuple it has not reached yet is skipped when the build finds it gone);
+        the snapshot's tuples still present, then the tail, are put in slice by slice, and
+        the index is ready once the tail is empty. Every tuple is thus put exactly once.
+        With no running loop (plain synchronous use) the build is done at once.
+        """
+        extra = self.extra.get(arity)
+        if extra is None:
+            extra = self.extra[arity] = {}
         ix = extra.get((kind, pos))
-        if ix is None:
-            ix = extra[kind, pos] = _TypeIndex(pos) if kind == "type" else _SortedIndex(pos, kind)
-            for tid, t in self.by_arity[arity].items():
-                ix.add(tid, t)
-        return ix
+        if ix is not None:
+            return None if ix.tail is not None else ix
+        rows = self.rows(arity)
+        ix = extra[kind, pos] = _TypeIndex(pos) if kind == "type" else _SortedIndex(pos, kind)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or len(rows) <= self.space.inline_build:
+            for tid, t in rows.items():
+                ix.put(tid, t)
+            return ix
+        ix.tail = OrderedDict()
+        task = loop.create_task(self._build(arity, (kind, pos), ix, list(rows)))
+        self.building[arity, kind, pos] = task
+        return None
+
+    async def _build(self, arity: int, name: tuple[str, int], ix: _Index, ids: list[int]) -> None:
+        step = self.space.build_slice
+        rows = self.by_arity[arity]
+        tail = ix.tail
+        assert tail is not None
+        done = False
+        try:
+            for start in range(0, len(ids), step):
+                await asyncio.sleep(0)
+                for tid in ids[start : start + step]:
+                    t = rows.get(tid)
+                    if t is not None:
+                        ix.put(tid, t)
+            del ids
+            while tail:
+                await asyncio.sleep(0)
+                for _ in range(min(step, len(tail))):
+                    ix.put(*tail.popitem(last=False))
+            ix.tail = None  # ready: adds and removes go straight to it from now on
+            done = True
+        finally:
+            self.building.pop((arity, *name), None)
+            if not done:  # cancelled (its loop is closing): the next query starts afresh
+                self.extra[arity].pop(name, None)
+
+    def pending(self, tpl: Template) -> list[asyncio.Task[None]]:
+        """The builds `tpl` waits for (starting any it needs); empty when it can be answered."""
+        arity = tpl.arity
+        need = [(arity, "type", pos) for pos, _ in tpl.types]
+        need += [(arity, kind, pos) for pos, kind, *_ in tpl.ranges]
+        out = []
+        for _, kind, pos in need:
+            if self.index(arity, kind, pos) is None:
+                out.append(self.building[arity, kind, pos])
+        return out
 
     def plan(self, tpl: Template) -> tuple[Iterable[int], bool] | None:
         """Candidate ids from the most selective index, and whether they come oldest first.
 
         The smallest equality bucket, unless a type, range or prefix candidate set is
-        narrower by count (ties go to equality, then to a source in arrival order, which can
-        stop at its first match); with none of these, the whole arity. None: nothing can
-        match.
+        narrower by count (ties go to equality, then to a source in arrival order); with none
+        of these, the whole arity. An index still being built is passed over (so an answer is
+        always exact, if slower until it is ready). A range's ids come in value order when it
+        holds at most `_FEW` (all checked, the oldest match wins), else oldest first from the
+        index's tree (stopping at the first match), so a wide range costs what a narrow one
+        does. None: nothing can match.
         """
         rows = self.by_arity.get(tpl.arity)
         if not rows:
             return None
-        choice: tuple[int, bool, Any] = (len(rows), True, None)
+        choice: tuple[int, Any] = (len(rows), None)
         if tpl.eq:
             best: OrderedDict[int, None] | None = None
             size = 0
@@ -187,33 +277,39 @@ class _Lane:
                     best, size = bucket, len(bucket)
             if not (tpl.types or tpl.ranges):
                 return best or (), True
-            choice = (size, True, best)
+            choice = (size, best)
         for pos, name in tpl.types:
-            tix = self._index(tpl.arity, "type", pos)
+            tix = self.index(tpl.arity, "type", pos)
+            if tix is None:
+                continue
             assert isinstance(tix, _TypeIndex)
             n = tix.count(name)
             if n == 0:
                 return None
             if n < choice[0]:
-                choice = (n, True, (tix, name))
-        for span in tpl.ranges:
-            six = self._index(tpl.arity, span[1], span[0])
+                choice = (n, (tix, name))
+        for rng in tpl.ranges:
+            six = self.index(tpl.arity, rng[1], rng[0])
+            if six is None:
+                continue
             assert isinstance(six, _SortedIndex)
-            lo, hi = six.bounds(span)
-            if hi <= lo:
+            sp = six.span(rng)
+            n = six.count(sp)
+            if n == 0:
                 return None
-            if hi - lo < choice[0]:
-                choice = (hi - lo, False, (six, lo, hi))
-        _, fifo, source = choice
+            if n < choice[0]:
+                choice = (n, (six, sp))
+        n, source = choice
         if source is None:
             return rows, True
         if isinstance(source, OrderedDict):
             return source, True
-        if fifo:
-            tix, name = source
-            return tix.ids(name), True
-        six, lo, hi = source
-        return six.ids(lo, hi), False
+        ix, arg = source
+        if isinstance(ix, _TypeIndex):
+            return ix.ids(arg), True
+        if n <= _FEW:
+            return ix.ids(arg), False
+        return ix.oldest(arg), True
 
     def candidates(self, tpl: Template) -> Iterable[int] | None:
         """The ids `plan` would try (None: nothing can match)."""
@@ -269,13 +365,21 @@ def _first(hit: tuple[int, Tup]) -> int:
 class _TypeIndex:
     """One position's tuple ids by the type of the value there, each in arrival order."""
 
-    __slots__ = ("by_type", "pos")
+    __slots__ = ("by_type", "pos", "tail")
 
     def __init__(self, pos: int) -> None:
         self.pos = pos
         self.by_type: dict[str, OrderedDict[int, None]] = {}
+        self.tail: OrderedDict[int, Tup] | None = None  # see `_Lane.index`: set while building
 
     def add(self, tid: int, t: Tup) -> None:
+        tail = self.tail
+        if tail is not None:
+            tail[tid] = t  # after the snapshot's ids, so buckets stay in arrival order
+            return
+        self.put(tid, t)
+
+    def put(self, tid: int, t: Tup) -> None:
         name = type_name(t[self.pos])
         bucket = self.by_type.get(name)
         if bucket is None:
@@ -283,8 +387,13 @@ class _TypeIndex:
         bucket[tid] = None
 
     def remove(self, tid: int, t: Tup) -> None:
+        tail = self.tail
+        if tail is not None and tail.pop(tid, None) is not None:
+            return
         name = type_name(t[self.pos])
-        bucket = self.by_type[name]
+        bucket = self.by_type.get(name)
+        if bucket is None or tid not in bucket:
+            return  # not indexed yet (a build has not reached it): nothing to undo
         del bucket[tid]
         if not bucket:
             del self.by_type[name]
@@ -298,43 +407,271 @@ class _TypeIndex:
 
 
 class _SortedIndex:
-    """One position's numbers (bools excluded) or strings, as sorted (value, id) pairs."""
+    """One position's numbers (bools excluded) or strings, as sorted (value, id) pairs.
 
-    __slots__ = ("pairs", "pos", "types")
+    The pairs sit in blocks of `_BLOCK`..`2 * _BLOCK` (a block list, like `sortedcontainers`,
+    whose bisects find a value in O(log n)); over the blocks a segment tree keeps each subtree's
+    pair count and smallest id. So a range is counted in O(log n) (bisect its two ends, sum the
+    whole blocks between), and its tuples come out oldest first lazily (`oldest`): a heap over
+    the tree's nodes by smallest id yields the next oldest id in O(log n) plus one block sort,
+    however many tuples the range holds. `in` on a wide range therefore looks at its oldest
+    candidate first and stops at the first that fits.
+    """
+
+    __slots__ = ("blocks", "cnt", "leaves", "maxes", "mins", "mn", "pos", "tail", "types")
 
     def __init__(self, pos: int, kind: str) -> None:
         self.pos = pos
         self.types: frozenset[type] = frozenset((int, float) if kind == "num" else (str,))
-        self.pairs: SortedList[tuple[Any, ...]] = SortedList()  # (value, id); (value,) bisects
+        self.blocks: list[list[tuple[Any, int]]] = []
+        self.maxes: list[tuple[Any, int]] = []  # each block's last pair: bisect these first
+        self.mins: list[int] = []  # each block's smallest id
+        self.leaves = 1  # the segment tree's leaf count (a power of two >= len(blocks))
+        self.cnt: list[int] = [0, 0]
+        self.mn: list[float] = [_INF, _INF]
+        self.tail: OrderedDict[int, Tup] | None = None  # see `_Lane.index`: set while building
+
+    # -- upkeep --
 
     def add(self, tid: int, t: Tup) -> None:
+        tail = self.tail
+        if tail is not None:
+            tail[tid] = t
+            return
         v = t[self.pos]
         if type(v) in self.types:
-            self.pairs.add((v, tid))
+            self._add((v, tid))
 
     def remove(self, tid: int, t: Tup) -> None:
+        tail = self.tail
+        if tail is not None and tail.pop(tid, None) is not None:
+            return
         v = t[self.pos]
         if type(v) in self.types:
-            self.pairs.remove((v, tid))
+            self._discard((v, tid))
 
-    def bounds(self, span: Range) -> tuple[int, int]:
-        """The slice of `pairs` whose values lie in the range (bisect; O(log n))."""
-        _, _, lo, lo_incl, hi, hi_incl = span
-        pairs = self.pairs
-        start = (
-            0
-            if lo is None
-            else (pairs.bisect_left((lo,)) if lo_incl else pairs.bisect_right((lo, math.inf)))
-        )
-        stop = (
-            len(pairs)
-            if hi is None
-            else (pairs.bisect_right((hi, math.inf)) if hi_incl else pairs.bisect_left((hi,)))
-        )
-        return start, stop
+    def put(self, tid: int, t: Tup) -> None:
+        """Index a tuple now, even while building (the builder's own adds)."""
+        v = t[self.pos]
+        if type(v) in self.types:
+            self._add((v, tid))
 
-    def ids(self, start: int, stop: int) -> Iterable[int]:
-        return (tid for _, tid in self.pairs.islice(start, stop))
+    def _add(self, pair: tuple[Any, int]) -> None:
+        maxes = self.maxes
+        if not maxes:
+            self.blocks.append([pair])
+            maxes.append(pair)
+            self.mins.append(pair[1])
+            self._rebuild()
+            return
+        b = bisect_left(maxes, pair)
+        if b == len(maxes):
+            b -= 1
+        block = self.blocks[b]
+        insort(block, pair)
+        maxes[b] = block[-1]
+        tid = pair[1]
+        if tid < self.mins[b]:
+            self.mins[b] = tid
+        if len(block) > 2 * _BLOCK:
+            self._split(b)
+            return
+        i = self.leaves + b
+        cnt, mn = self.cnt, self.mn
+        while i:
+            cnt[i] += 1
+            if tid < mn[i]:
+                mn[i] = tid
+            i >>= 1
+
+    def _discard(self, pair: tuple[Any, int]) -> None:
+        maxes = self.maxes
+        b = bisect_left(maxes, pair)
+        if b == len(maxes):
+            return
+        block = self.blocks[b]
+        i = bisect_left(block, pair)
+        if i == len(block) or block[i] != pair:
+            return  # not indexed yet (a build has not reached it): nothing to undo
+        del block[i]
+        if len(block) < _BLOCK // 4:
+            if len(maxes) > 1:
+                self._merge(b)
+            elif not block:
+                self.blocks, self.maxes, self.mins = [], [], []
+                self._rebuild()
+            return
+        maxes[b] = block[-1]
+        # The block's smallest id may have gone: `mins` and the tree keep a lower bound, made
+        # exact again when a query opens the block (`oldest`), so a take never rescans one.
+        i = self.leaves + b
+        cnt = self.cnt
+        while i:
+            cnt[i] -= 1
+            i >>= 1
+
+    def _split(self, b: int) -> None:
+        block = self.blocks[b]
+        half = block[_BLOCK:]
+        del block[_BLOCK:]
+        self.blocks.insert(b + 1, half)
+        self.maxes[b] = block[-1]
+        self.maxes.insert(b + 1, half[-1])
+        self.mins[b] = min(map(_second, block))
+        self.mins.insert(b + 1, min(map(_second, half)))
+        self._rebuild()
+
+    def _merge(self, b: int) -> None:
+        """Fold a block that has shrunk (or emptied) into a neighbour, splitting if too big."""
+        blocks = self.blocks
+        a = b - 1 if b == len(blocks) - 1 else b  # merge blocks a and a + 1
+        joined = blocks[a] + blocks[a + 1]
+        del blocks[a + 1], self.maxes[a + 1], self.mins[a + 1]
+        blocks[a] = joined
+        self.maxes[a] = joined[-1]
+        self.mins[a] = min(map(_second, joined))
+        if len(joined) > 2 * _BLOCK:
+            self._split(a)
+        else:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        n = len(self.blocks)
+        leaves = 1
+        while leaves < n:
+            leaves *= 2
+        cnt = [0] * (2 * leaves)
+        mn: list[float] = [_INF] * (2 * leaves)
+        cnt[leaves : leaves + n] = [len(b) for b in self.blocks]
+        mn[leaves : leaves + n] = self.mins
+        for i in range(leaves - 1, 0, -1):
+            cnt[i] = cnt[2 * i] + cnt[2 * i + 1]
+            left, right = mn[2 * i], mn[2 * i + 1]
+            mn[i] = left if left < right else right
+        self.leaves, self.cnt, self.mn = leaves, cnt, mn
+
+    # -- queries --
+
+    def __len__(self) -> int:
+        return sum(map(len, self.blocks))
+
+    def _at(self, k: tuple[Any, ...]) -> tuple[int, int]:
+        """(block, offset) of the first pair >= k; (len(blocks), 0) past the end."""
+        b = bisect_left(self.maxes, k)
+        if b == len(self.maxes):
+            return b, 0
+        return b, bisect_left(self.blocks[b], k)
+
+    def span(self, rng: Range) -> tuple[int, int, int, int]:
+        """The pairs whose values lie in the range, as (block, offset) of each end (O(log n))."""
+        _, _, lo, lo_incl, hi, hi_incl = rng
+        bl, i = (0, 0) if lo is None else self._at((lo,) if lo_incl else (lo, _INF))
+        br, j = (len(self.blocks), 0) if hi is None else self._at((hi, _INF) if hi_incl else (hi,))
+        return bl, i, br, j
+
+    def count(self, sp: tuple[int, int, int, int]) -> int:
+        bl, i, br, j = sp
+        if (bl, i) >= (br, j):
+            return 0
+        if bl == br:
+            return j - i
+        return len(self.blocks[bl]) - i + self._sum(bl + 1, br) + j
+
+    def _sum(self, a: int, b: int) -> int:
+        """Pairs in blocks a..b-1 (whole blocks), from the tree."""
+        cnt, total = self.cnt, 0
+        a += self.leaves
+        b += self.leaves
+        while a < b:
+            if a & 1:
+                total += cnt[a]
+                a += 1
+            if b & 1:
+                b -= 1
+                total += cnt[b]
+            a >>= 1
+            b >>= 1
+        return total
+
+    def ids(self, sp: tuple[int, int, int, int]) -> Iterator[int]:
+        """The range's ids in value order."""
+        bl, i, br, j = sp
+        blocks = self.blocks
+        for b in range(bl, min(br + 1, len(blocks))):
+            block = blocks[b]
+            for pair in block[i if b == bl else 0 : j if b == br else len(block)]:
+                yield pair[1]
+
+    def oldest(self, sp: tuple[int, int, int, int]) -> Iterator[int]:
+        """The range's ids, smallest (oldest) first, each found in O(log n) (see the class).
+
+        A best-first walk of the tree: a node's key is a lower bound of its smallest id, so an
+        id is yielded only when nothing unopened can hold a smaller one. Opening a block makes
+        its bound exact again (a take may have left it low).
+        """
+        bl, i, br, j = sp
+        blocks, leaves, cnt, mn, mins = self.blocks, self.leaves, self.cnt, self.mn, self.mins
+        heap: list[tuple[float, int, int, list[int] | None]] = []
+        seq = 0
+
+        def push_ids(pairs: list[tuple[Any, int]]) -> int:
+            nonlocal seq
+            ids: list[int] = list(map(_second, pairs))
+            if not ids:
+                return 0
+            heapify(ids)
+            seq += 1
+            heappush(heap, (ids[0], seq, 0, ids))
+            return ids[0]
+
+        if bl == br:
+            push_ids(blocks[bl][i:j])
+        else:
+            push_ids(blocks[bl][i:])
+            if br < len(blocks) and j:
+                push_ids(blocks[br][:j])
+            a, b = bl + 1 + leaves, br + leaves  # the tree nodes covering the whole blocks
+            while a < b:
+                if a & 1:
+                    if cnt[a]:
+                        seq += 1
+                        heappush(heap, (mn[a], seq, a, None))
+                    a += 1
+                if b & 1:
+                    b -= 1
+                    if cnt[b]:
+                        seq += 1
+                        heappush(heap, (mn[b], seq, b, None))
+                a >>= 1
+                b >>= 1
+        while heap:
+            _, _, node, ids = heappop(heap)
+            if ids is not None:
+                yield heappop(ids)
+                if ids:
+                    seq += 1
+                    heappush(heap, (ids[0], seq, 0, ids))
+            elif node >= leaves:
+                low = push_ids(blocks[node - leaves])
+                if low != mins[node - leaves]:
+                    self._tighten(node - leaves, low)
+            else:
+                for child in (2 * node, 2 * node + 1):
+                    if cnt[child]:
+                        seq += 1
+                        heappush(heap, (mn[child], seq, child, None))
+
+    def _tighten(self, b: int, low: int) -> None:
+        """Block b's exact smallest id is `low`: raise the bounds on its path to the root."""
+        self.mins[b] = low
+        mn = self.mn
+        i = self.leaves + b
+        mn[i] = low
+        i >>= 1
+        while i:
+            left, right = mn[2 * i], mn[2 * i + 1]
+            mn[i] = left if left < right else right
+            i >>= 1
 
 
 _Index = _TypeIndex | _SortedIndex
@@ -343,8 +680,17 @@ _Index = _TypeIndex | _SortedIndex
 class TupleSpace:
     """Lanes of tuples in memory, durable ones mirrored in the store (see the module doc)."""
 
-    def __init__(self, store: Store | None = None, *, queue_maxsize: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Store | None = None,
+        *,
+        queue_maxsize: int | None = None,
+        inline_build: int = INLINE_BUILD,
+        build_slice: int = BUILD_SLICE,
+    ) -> None:
         self._store = store
+        self.inline_build = inline_build
+        self.build_slice = build_slice
         self._lanes: dict[str, _Lane] = {}
         self._next = 1
         self.queue_maxsize = queue_maxsize
@@ -360,7 +706,7 @@ class TupleSpace:
                 raise SpaceError(
                     f"lane: {name!r} is not a lane name (1-128 of letters, digits, _.:/-)"
                 )
-            lane = self._lanes[name] = _Lane(name, False)
+            lane = self._lanes[name] = _Lane(self, name, False)
         return lane
 
     def declare(self, name: str, *, durable: bool = False) -> None:
@@ -487,6 +833,121 @@ class TupleSpace:
         if lane.durable and self._store is not None:
             self._store.write_later(partial(_delete, lane=lane.name, tid=tid))
 
+    async def committed(self) -> None:
+        """Return once every durable change made so far is committed (a no-op without one)."""
+        if self._store is not None:
+            await self._store.write(_noop)
+
+    # -- claims: a task on exactly one of its lane and its claims lane --------------------
+
+    def claim_many(
+        self, name: str, template: Template | Sequence[Any], limit: int, claims: str
+    ) -> list[Tup]:
+        """Take up to `limit` matching tuples and keep each on lane `claims` as `(*t, 1)`.
+
+        The `1` counts the task's starts. On a durable lane each move (delete from `name`,
+        insert into `claims`) is one write, so across a crash a task is on one lane or the
+        other, never both and never neither; `await committed()` before starting the work
+        makes sure a claim is on disk before anything is done for it. Claims are not offered
+        to waiters: only `settle`, `reclaim` and `unclaim` move them on.
+        """
+        src = self._lanes.get(name)
+        if src is None:
+            return []
+        tpl = _tpl(template)
+        if src.durable:
+            self.declare(claims, durable=True)
+        dst = self._lane(claims)
+        got: list[Tup] = []
+        dels: list[tuple[str, int]] = []
+        ins: list[tuple[str, int, str]] = []
+        while len(got) < limit:
+            hit = src.find(tpl)
+            if hit is None:
+                break
+            tid, t = hit
+            src.remove(tid, t)
+            self.takes += 1
+            c = (*t, 1)
+            cid = self._next
+            self._next += 1
+            dst.add(cid, c)
+            got.append(t)
+            dels.append((name, tid))
+            ins.append((claims, cid, _dumps(c)))
+        if ins and dst.durable and self._store is not None:
+            self._store.write_later(partial(_apply, dels=dels, ins=ins))
+        return got
+
+    def _unkeep(self, claims: str, claim: Tup) -> tuple[_Lane, int] | None:
+        """Remove one claim equal to `claim` from memory; its lane and id (None: no such)."""
+        lane = self._lanes.get(claims)
+        hit = None if lane is None else lane.find(Template(_exact(claim)))
+        if lane is None or hit is None:
+            return None
+        lane.remove(*hit)
+        return lane, hit[0]
+
+    def settle(
+        self, claims: str, claim: Tup, into: str | None = None, put: Sequence[Any] | None = None
+    ) -> bool:
+        """Drop a claim and (optionally) put its result on lane `into`, in one write.
+
+        False if there was no such claim (it was settled already): then nothing is put.
+        """
+        got = self._unkeep(claims, claim)
+        if got is None:
+            return False
+        lane, cid = got
+        dels, ins = [(claims, cid)], []
+        if into is not None and put is not None:
+            dst = self._lane(into)
+            t = check_tuple(put)
+            tid = self._next
+            self._next += 1
+            self.outs += 1
+            if not self._offer(dst, t):
+                dst.add(tid, t)
+                if dst.durable:
+                    ins.append((into, tid, _dumps(t)))
+        if lane.durable and self._store is not None:
+            self._store.write_later(partial(_apply, dels=dels, ins=ins))
+        return True
+
+    def reclaim(self, claims: str, claim: Tup) -> Tup | None:
+        """A claim started once more: `(*t, starts)` becomes `(*t, starts + 1)`, in one write."""
+        got = self._unkeep(claims, claim)
+        if got is None:
+            return None
+        lane, cid = got
+        again = (*claim[:-1], int(claim[-1]) + 1)
+        nid = self._next
+        self._next += 1
+        lane.add(nid, again)
+        if lane.durable and self._store is not None:
+            ins = [(claims, nid, _dumps(again))]
+            self._store.write_later(partial(_apply, dels=[(claims, cid)], ins=ins))
+        return again
+
+    def unclaim(self, claims: str, claim: Tup, back: str) -> bool:
+        """Put a claimed task that was never started back on lane `back`, in one write."""
+        got = self._unkeep(claims, claim)
+        if got is None:
+            return False
+        lane, cid = got
+        t = claim[:-1]
+        dst = self._lane(back)
+        tid = self._next
+        self._next += 1
+        ins = []
+        if not self._offer(dst, t):
+            dst.add(tid, t)
+            if dst.durable:
+                ins.append((back, tid, _dumps(t)))
+        if lane.durable and self._store is not None:
+            self._store.write_later(partial(_apply, dels=[(claims, cid)], ins=ins))
+        return True
+
     def rdp(self, name: str, template: Template | Sequence[Any]) -> Tup | None:
         """A matching tuple, left in place, if there is one now (Linda's `rdp`)."""
         lane = self._lanes.get(name)
@@ -512,12 +973,37 @@ class TupleSpace:
         """Read a matching tuple without taking it, waiting up to `wait_s` s for one."""
         return await self._wait(name, _tpl(template), False, wait_s)
 
+    async def prepare(self, name: str, template: Template | Sequence[Any]) -> Template:
+        """Wait (never blocking the loop) until the indexes `template` needs are ready.
+
+        `in_` and `rd` do this themselves; code on the loop calls it before `scan`, `inp`,
+        `rdp` or `inp_many` with a type, range or prefix template, which would otherwise
+        answer from a slower source while an index is still being built.
+        """
+        tpl = _tpl(template)
+        if tpl.types or tpl.ranges:
+            lane = self._lane(name)
+            while builds := lane.pending(tpl):
+                await asyncio.gather(*map(asyncio.shield, builds))
+        return tpl
+
     async def _wait(self, name: str, tpl: Template, take: bool, wait_s: float | None) -> Tup | None:
         lane = self._lane(name)
+        if tpl.types or tpl.ranges:
+            await self.prepare(name, tpl)
         hit = lane.find(tpl)
         if hit is not None:
-            if take:
-                self._taken(lane, *hit)
+            if not take:
+                return hit[1]
+            self._taken(lane, *hit)
+            if lane.durable and self._store is not None:
+                # Committed before the taker sees it: after a crash it is not handed out again.
+                try:
+                    await self._store.write(_noop)
+                except BaseException:
+                    self.takes -= 1
+                    self.out_nowait(name, hit[1])  # nobody got it: it goes back (new id)
+                    raise
             return hit[1]
         if wait_s is not None and wait_s <= 0:
             return None
@@ -573,6 +1059,11 @@ def _tpl(template: Template | Sequence[Any]) -> Template:
     return template if isinstance(template, Template) else Template(template)
 
 
+def _exact(t: Tup) -> list[Any]:
+    """A template matching exactly the tuples equal to `t` (objects and nulls by `eq`)."""
+    return [{"eq": v} if v is None or type(v) is dict else v for v in t]
+
+
 _dumps: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -596,6 +1087,14 @@ def _insert(conn: sqlite3.Connection, lane: str, tid: int, data: str) -> None:
 
 def _delete(conn: sqlite3.Connection, lane: str, tid: int) -> None:
     conn.execute("DELETE FROM tuple_rows WHERE lane = ? AND id = ?", (lane, tid))
+
+
+def _apply(
+    conn: sqlite3.Connection, dels: list[tuple[str, int]], ins: list[tuple[str, int, str]]
+) -> None:
+    """Deletes and inserts in one transaction: a move between lanes is all or nothing."""
+    conn.executemany("DELETE FROM tuple_rows WHERE lane = ? AND id = ?", dels)
+    conn.executemany("INSERT OR REPLACE INTO tuple_rows (lane, id, data) VALUES (?, ?, ?)", ins)
 
 
 def _load(conn: sqlite3.Connection) -> tuple[list[str], list[tuple[str, int, str]]]:
