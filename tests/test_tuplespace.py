@@ -4,6 +4,7 @@ cancellation, lane capabilities, and durable lanes across a restart of a real se
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -512,3 +513,144 @@ def test_a_narrow_range_beats_a_wide_equality_bucket() -> None:
     assert got == ("job", 500) and n == 2  # not the 100,000 tuples holding "job"
     got, n = _examined_by(space, lambda: space.inp("jobs", ["job", 7]))
     assert got == ("job", 7) and n == 1  # a unique value still wins outright
+
+
+# -- indexes built off the hot path, and wide ranges ---------------------------------------
+
+
+def test_the_first_range_query_on_a_big_lane_never_stalls_the_loop() -> None:
+    """Its index is built in slices that yield: a 1 ms ticker keeps ticking meanwhile.
+
+    The gap between ticks is measured in the loop thread's CPU time, so a box loaded by
+    other work (which delays the whole process) cannot fail it; a stall on the loop can.
+    """
+    n = 400_000
+
+    async def main() -> Any:
+        space = TupleSpace()
+        for i in range(n):
+            space.out_nowait("big", ["job", i, f"p/{i:07d}"])
+        loop = asyncio.get_running_loop()
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.thread_time()
+            while not stop.is_set():
+                await asyncio.sleep(0.001)
+                now = time.thread_time()
+                gaps.append(now - last)
+                last = now
+
+        async def churn() -> int:  # outs and takes while the indexes are being built
+            done = 0
+            while not stop.is_set():
+                space.out_nowait("big", ["job", n + done, f"p/{n + done:07d}"])
+                assert space.inp("big", ["job", done, None]) is not None
+                done += 1
+                await asyncio.sleep(0)
+            return done
+
+        tick = asyncio.ensure_future(ticker())
+        work = asyncio.ensure_future(churn())
+        await asyncio.sleep(0.02)
+        t0 = loop.time()
+        narrow = await space.rd("big", [None, {"gte": 300_000, "lt": 300_002}, None])
+        wide = await space.in_("big", [None, None, {"prefix": "p/01"}])  # 100,000 fit
+        took = loop.time() - t0
+        stop.set()
+        churned = await work
+        await tick
+        # after the build, with the churn's outs and takes applied, still exact
+        left = space.scan("big", [None, {"gte": 0}, None], limit=3)
+        return narrow, wide, took, max(gaps), churned, left, space.count("big")
+
+    narrow, wide, took, gap, churned, left, count = asyncio.run(main())
+    assert narrow == ("job", 300_000, "p/0300000")
+    assert wide == ("job", 100_000, "p/0100000")  # the oldest of them
+    assert churned > 100 and count == n - 1
+    assert left == [("job", churned + i, f"p/{churned + i:07d}") for i in range(3)]
+    assert took > 0.2  # the builds were real work...
+    assert gap < 0.05, f"the loop stalled for {gap:.3f} s of CPU"  # ...and never stalled it
+
+
+build_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("out"), tuples),
+        st.tuples(st.sampled_from(["in", "rd", "scan", "ain", "ard"]), templates),
+        st.tuples(st.just("tick"), st.none()),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(tuples, max_size=30), build_ops)
+def test_indexes_built_while_tuples_come_and_go_answer_like_a_brute_force_scan(
+    stored: list[list[Any]], steps: list[tuple[str, Any]]
+) -> None:
+    """Every index is built in the background, two tuples per slice, while outs, takes and
+    queries (answered meanwhile from other sources) interleave with the build's slices."""
+
+    async def main() -> None:
+        space = TupleSpace(inline_build=0, build_slice=2)
+        mirror: list[tuple[Any, ...]] = []
+        for t in stored:
+            space.out_nowait("l", t)
+            mirror.append(tuple(t))
+        queried: list[list[Any]] = []
+        for op, arg in steps:
+            if op == "tick":
+                await asyncio.sleep(0)
+                continue
+            if op == "out":
+                space.out_nowait("l", arg)
+                mirror.append(tuple(arg))
+                continue
+            queried.append(arg)
+            hits = [i for i, t in enumerate(mirror) if _oracle(arg, list(t))]
+            first = repr(mirror[hits[0]]) if hits else "None"
+            if op == "scan":
+                got = space.scan("l", arg, limit=1000)
+                assert list(map(repr, got)) == [repr(mirror[i]) for i in hits]
+            elif op in ("rd", "ard"):
+                got1 = space.rdp("l", arg) if op == "rd" else await space.rd("l", arg, 0)
+                assert repr(got1) == first
+            else:
+                got1 = space.inp("l", arg) if op == "in" else await space.in_("l", arg, 0)
+                assert repr(got1) == first
+                if hits:
+                    del mirror[hits[0]]
+            assert space.count("l") == len(mirror)
+        lane = space._lanes.get("l")
+        if lane is None:
+            return
+        while lane.building:
+            await asyncio.gather(*lane.building.values())
+        for tpl in queried:  # every index now ready: each answers exactly
+            hits = [repr(t) for t in mirror if _oracle(tpl, list(t))]
+            assert list(map(repr, space.scan("l", tpl, limit=1000))) == hits
+            pure = [f for f in tpl if f is not None]
+            if len(pure) == 1 and isinstance(pure[0], dict) and not {"eq", "type"} & pure[0].keys():
+                ids = lane.candidates(Template(tpl))
+                assert (0 if ids is None else len(list(ids))) == len(hits)
+
+    asyncio.run(main())
+
+
+def test_a_wide_range_takes_its_oldest_tuple_looking_at_one_candidate() -> None:
+    space = TupleSpace()
+    n = 100_000
+    for i in range(n):  # values shuffled against arrival order
+        space.out_nowait("l", [(i * 7919) % n, "x"])
+    order = [(i * 7919) % n for i in range(n)]
+    tpl = [{"gte": 10, "lt": 90_000}, None]  # 89,990 tuples fit
+    space.rdp("l", tpl)  # builds the index (no loop running: at once)
+    taken = []
+    for _ in range(200):
+        got, examined = _examined_by(space, lambda: space.inp("l", tpl))
+        assert examined == 1, examined  # the oldest candidate fits: the only one looked at
+        taken.append(got[0])
+    assert taken == [v for v in order if 10 <= v < 90_000][:200]
+    got, examined = _examined_by(space, lambda: space.scan("l", [{"gte": 0}, "x"], limit=5))
+    assert [t[0] for t in got] == [v for v in order if v not in set(taken)][:5] and examined == 5

@@ -42,6 +42,7 @@ import json
 import math
 import re
 import sqlite3
+import time
 from bisect import bisect_left, insort
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,8 +67,9 @@ _LANE_NAME: Final = re.compile(r"[A-Za-z0-9_.:/\-]{1,128}")
 Tup = tuple[Any, ...]
 Bucket = int | OrderedDict[int, None]
 
-INLINE_BUILD: Final = 4096  # an index over at most this many tuples is built at once
-BUILD_SLICE: Final = 4096  # else in slices of this many tuples, yielding to the loop between
+INLINE_BUILD: Final = 2048  # an index over at most this many tuples is built at once
+BUILD_SLICE_S: Final = 0.004  # else in slices of at most this long, yielding to the loop
+BUILD_STEP: Final = 256  # tuples put between two looks at the clock
 _BLOCK: Final = 512  # a sorted index's blocks hold 512..1024 pairs
 _FEW: Final = 64  # a range holding at most this many is checked whole, in value order
 _INF: Final = math.inf
@@ -187,8 +189,9 @@ class _Lane:
         the arity's ids are copied once (the snapshot; one C-level copy); while the build runs
         the index takes adds into its `tail` (in arrival order) and applies removes to what
         it holds (a tuple it has not reached yet is skipped when the build finds it gone);
-        the snapshot's tuples still present, then the tail, are put in slice by slice, and
-        the index is ready once the tail is empty. Every tuple is thus put exactly once.
+        the snapshot's tuples still present, then the tail, are put in slice by slice (each
+        at most `build_slice_s` long), and the index is ready once the tail is empty. Every
+        tuple is thus put exactly once.
         With no running loop (plain synchronous use) the build is done at once.
         """
         extra = self.extra.get(arity)
@@ -206,6 +209,7 @@ class _Lane:
         if loop is None or len(rows) <= self.space.inline_build:
             for tid, t in rows.items():
                 ix.put(tid, t)
+            ix.ready()
             return ix
         ix.tail = OrderedDict()
         task = loop.create_task(self._build(arity, (kind, pos), ix, list(rows)))
@@ -213,24 +217,31 @@ class _Lane:
         return None
 
     async def _build(self, arity: int, name: tuple[str, int], ix: _Index, ids: list[int]) -> None:
-        step = self.space.build_slice
+        step, budget = self.space.build_slice, self.space.build_slice_s
         rows = self.by_arity[arity]
         tail = ix.tail
         assert tail is not None
+        clock = time.perf_counter
         done = False
         try:
-            for start in range(0, len(ids), step):
+            at = 0
+            while at < len(ids):
                 await asyncio.sleep(0)
-                for tid in ids[start : start + step]:
-                    t = rows.get(tid)
-                    if t is not None:
-                        ix.put(tid, t)
+                end = clock() + budget
+                while at < len(ids) and clock() < end:
+                    for tid in ids[at : at + step]:
+                        t = rows.get(tid)
+                        if t is not None:
+                            ix.put(tid, t)
+                    at += step
             del ids
             while tail:
                 await asyncio.sleep(0)
-                for _ in range(min(step, len(tail))):
-                    ix.put(*tail.popitem(last=False))
-            ix.tail = None  # ready: adds and removes go straight to it from now on
+                end = clock() + budget
+                while tail and clock() < end:
+                    for _ in range(min(step, len(tail))):
+                        ix.put(*tail.popitem(last=False))
+            ix.ready()  # adds and removes go straight to it from now on
             done = True
         finally:
             self.building.pop((arity, *name), None)
@@ -379,6 +390,9 @@ class _TypeIndex:
             return
         self.put(tid, t)
 
+    def ready(self) -> None:
+        self.tail = None
+
     def put(self, tid: int, t: Tup) -> None:
         name = type_name(t[self.pos])
         bucket = self.by_type.get(name)
@@ -418,7 +432,18 @@ class _SortedIndex:
     candidate first and stops at the first that fits.
     """
 
-    __slots__ = ("blocks", "cnt", "leaves", "maxes", "mins", "mn", "pos", "tail", "types")
+    __slots__ = (
+        "blocks",
+        "cnt",
+        "dirty",
+        "leaves",
+        "maxes",
+        "mins",
+        "mn",
+        "pos",
+        "tail",
+        "types",
+    )
 
     def __init__(self, pos: int, kind: str) -> None:
         self.pos = pos
@@ -430,8 +455,14 @@ class _SortedIndex:
         self.cnt: list[int] = [0, 0]
         self.mn: list[float] = [_INF, _INF]
         self.tail: OrderedDict[int, Tup] | None = None  # see `_Lane.index`: set while building
+        self.dirty = True  # while being built, the tree is left stale and made once, by ready()
 
     # -- upkeep --
+
+    def ready(self) -> None:
+        self.tail = None
+        self.dirty = False
+        self._rebuild()
 
     def add(self, tid: int, t: Tup) -> None:
         tail = self.tail
@@ -476,6 +507,8 @@ class _SortedIndex:
         if len(block) > 2 * _BLOCK:
             self._split(b)
             return
+        if self.dirty:
+            return
         i = self.leaves + b
         cnt, mn = self.cnt, self.mn
         while i:
@@ -502,6 +535,8 @@ class _SortedIndex:
                 self._rebuild()
             return
         maxes[b] = block[-1]
+        if self.dirty:
+            return
         # The block's smallest id may have gone: `mins` and the tree keep a lower bound, made
         # exact again when a query opens the block (`oldest`), so a take never rescans one.
         i = self.leaves + b
@@ -536,6 +571,8 @@ class _SortedIndex:
             self._rebuild()
 
     def _rebuild(self) -> None:
+        if self.dirty:
+            return
         n = len(self.blocks)
         leaves = 1
         while leaves < n:
@@ -686,11 +723,13 @@ class TupleSpace:
         *,
         queue_maxsize: int | None = None,
         inline_build: int = INLINE_BUILD,
-        build_slice: int = BUILD_SLICE,
+        build_slice: int = BUILD_STEP,
+        build_slice_s: float = BUILD_SLICE_S,
     ) -> None:
         self._store = store
         self.inline_build = inline_build
         self.build_slice = build_slice
+        self.build_slice_s = build_slice_s
         self._lanes: dict[str, _Lane] = {}
         self._next = 1
         self.queue_maxsize = queue_maxsize
