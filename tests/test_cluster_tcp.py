@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from stdio_servers import server_env
 from yool.cluster.envelope import seal
 from yool.cluster.gateway import Gateway, RemoteBoot
 from yool.cluster.tcp import TcpTransport
@@ -270,3 +274,163 @@ def test_a_peer_that_restarts_is_reconnected(real: Any) -> None:
             assert ta.stats()["reconnects"] >= 1
 
     real(go())
+
+
+# -- end to end: two `yool server --stdio` nodes through the real MCP client ----------------
+
+
+def _node_env(home: Path, name: str, port: int, *, peer: int | None = None, **extra: str) -> Any:
+    env = server_env(
+        home,
+        YOOL_CLUSTER="tcp",
+        YOOL_NODE_ID=name,
+        YOOL_CLUSTER_LISTEN=f"127.0.0.1:{port}",
+        YOOL_CLUSTER_KEY=KEY.decode(),
+        YOOL_CLUSTER_DOWN_AFTER_S="0.5",
+        **extra,
+    )
+    if peer is not None:
+        env["YOOL_CLUSTER_PEERS"] = f"b=127.0.0.1:{peer}"
+    return env
+
+
+@asynccontextmanager
+async def _mcp_node(home: Path, env: dict[str, str], mode: str) -> AsyncIterator[tuple[Any, int]]:
+    """A stdio server whose pid we know (the shell execs it), and a real MCP client on it."""
+    import sys as _sys
+
+    from mcp.client import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
+    pidfile = home / "server.pid"
+    params = StdioServerParameters(
+        command="/bin/sh",
+        args=["-c", f'echo $$ > "{pidfile}"; exec "$0" -m yool server --stdio', _sys.executable],
+        env=env,
+        cwd=str(home),
+    )
+    async with Client(params, mode=mode) as client:  # type: ignore[arg-type]
+        yield client, int(pidfile.read_text())
+
+
+async def _call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
+    r = await client.call_tool(tool, args)
+    assert not r.is_error, r.content
+    out = r.structured_content
+    assert isinstance(out, dict)
+    return out
+
+
+async def _error(client: Any, tool: str, **args: Any) -> str:
+    r = await client.call_tool(tool, args)
+    assert r.is_error, r.structured_content
+    text = r.content[0].text
+    assert isinstance(text, str)
+    return text
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_is_killed(
+    real: Any, tmp_path: Path, mode: str
+) -> None:
+    from yool.testing import FakeProvider, Script, Turn
+    from yool.testing.fake_provider import ThreadedFakeProvider
+
+    # b's agents think for a while, so there is time to talk to them and to kill b under them
+    slow = ThreadedFakeProvider(FakeProvider(Script([Turn.say("All done.")]), latency=2.5))
+    fake_b = {
+        "YOOL_PROVIDER": "anthropic",
+        "ANTHROPIC_API_KEY": "sk-b",
+        "ANTHROPIC_BASE_URL": slow.url,
+    }
+    pa, pb = free_port(), free_port()
+
+    async def go() -> None:
+        b_env = _node_env(tmp_path / "b", "b", pb, **fake_b)
+        async with _mcp_node(tmp_path / "a", _node_env(tmp_path / "a", "a", pa, peer=pb), mode) as (
+            a,
+            _,
+        ):
+            async with _mcp_node(tmp_path / "b", b_env, mode) as (b, b_pid):
+                spawned = await _call(a, "spawn", task="summarise the repo", node="b", tools=[])
+                pid = spawned["pid"]
+                listed = {s["pid"]: s for s in (await _call(a, "ps"))["agents"]}
+                node, _, remote_pid = listed[pid]["node"].partition("/")
+                assert node == "b" and listed[pid]["status"] == "running"
+                # on b it is an ordinary agent of b's session, started for node a
+                there = {s["pid"]: s for s in (await _call(b, "ps"))["agents"]}
+                assert there[int(remote_pid)]["origin"]["node"] == "a"
+                assert "node" not in there[int(remote_pid)]  # local to b
+                # a message from a's client reaches the agent's mailbox on b
+                assert (await _call(a, "send", pid=pid, message="also check the tests"))[
+                    "delivered"
+                ]
+                for _ in range(50):
+                    seen = await _call(b, "inspect", pid=int(remote_pid))
+                    if "also check the tests" in json.dumps(seen):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError(f"message never reached b: {seen}")
+                # it finishes on b: a's wait sees its answer and its true exit reason
+                done = await _call(a, "wait", pids=[pid], timeout_s=20)
+                assert done["done"], done
+                agent = done["agents"][0]
+                assert (agent["reason"], agent["result"], agent["answer"]) == (
+                    "normal",
+                    "completed",
+                    "All done.",
+                )
+                # the next one is still thinking when node b is killed outright
+                pid2 = (await _call(a, "spawn", task="a long one", node="b", tools=[]))["pid"]
+                os.kill(b_pid, signal.SIGKILL)
+                done = await _call(a, "wait", pids=[pid2], timeout_s=20)
+                assert done["done"], done
+                assert done["agents"][0]["reason"] == "noconnection"
+                assert "node: " in await _error(a, "spawn", task="x", node="b", tools=[])
+            # an unknown node is a clear error
+            text = await _error(a, "spawn", task="x", node="nowhere", tools=[])
+            assert "no peer node 'nowhere'" in text and "'any'" in text
+
+    try:
+        real(go())
+    finally:
+        slow.stop()
+
+
+def test_mcp_fanout_with_node_any_spreads_over_both_nodes(real: Any, tmp_path: Path) -> None:
+    pa, pb = free_port(), free_port()
+
+    async def go() -> None:
+        async with (
+            _mcp_node(tmp_path / "b", _node_env(tmp_path / "b", "b", pb), "legacy") as (_b, _),
+            _mcp_node(tmp_path / "a", _node_env(tmp_path / "a", "a", pa, peer=pb), "legacy") as (
+                a,
+                _,
+            ),
+        ):
+            for _ in range(50):  # a has dialled b
+                if any(p["up"] for p in await _peers(a)):
+                    break
+                await asyncio.sleep(0.05)
+            pids = [
+                (await _call(a, "spawn", task=f"task {i}", node="any", tools=[]))["pid"]
+                for i in range(6)
+            ]
+            done = await _call(a, "wait", pids=pids, timeout_s=20)
+            assert done["done"], done
+            where = [s.get("node", "a/").partition("/")[0] for s in done["agents"]]
+            assert sorted(where) == ["a"] * 3 + ["b"] * 3
+            assert {s["answer"] for s in done["agents"]} == {f"Done: task {i}" for i in range(6)}
+            assert all(s["reason"] == "normal" for s in done["agents"])
+
+    real(go())
+
+
+async def _peers(client: Any) -> list[dict[str, Any]]:
+    metrics = (await _call(client, "metrics"))["metrics"]
+    cluster = metrics.get("cluster") or {}
+    peers = cluster.get("peers", [])
+    assert isinstance(peers, list)
+    return peers

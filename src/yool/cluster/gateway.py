@@ -42,8 +42,9 @@ PROXY_RIGHTS = ("send", "monitor", "kill")
 MIN_KEY_BYTES = 16
 SIGNALS = frozenset({"kill", "term", "stop", "cont"})
 
-# (requesting node, args, requester pid awaiting replies) -> the local pid it started
-Spawner = Callable[[str, list[Any], int], Awaitable[int]]
+# (requesting node, args, requester pid awaiting replies) -> the local pid it started, or
+# (pid, info): info is plain data handed back to the requester (e.g. the provider it runs on)
+Spawner = Callable[[str, list[Any], int], Awaitable[int | tuple[int, dict[str, Any]]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class Gateway:
         key: bytes,
         *,
         window_s: float = 30.0,
-        spawn_timeout_s: float = 15.0,
+        spawn_timeout_s: float = 60.0,
     ) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise KernelError(f"the cluster key must be at least {MIN_KEY_BYTES} bytes")
@@ -84,6 +85,8 @@ class Gateway:
         self.spawn_timeout_s = spawn_timeout_s
         self.guard = NonceGuard(window_s)
         self._exports: dict[str, Spawner] = {}
+        self._self_reporting: set[str] = set()  # exports whose exits their exporter reports
+        self._deferred: set[int] = set()  # pids whose exit the exporter will report
         self._exposed: dict[int, set[str]] = {}  # local pid -> peers that may address it
         self._watched_by: dict[int, set[tuple[str, int]]] = {}  # local pid -> remote watchers
         self._watching: dict[str, dict[int, set[int]]] = {}  # node -> remote pid -> local pids
@@ -124,9 +127,22 @@ class Gateway:
 
     # -- what this node offers --------------------------------------------------------
 
-    def export_spawner(self, name: str, spawner: Spawner) -> None:
-        """Let peers start `name` here: `spawner(node, args, reply_pid)` returns the pid."""
+    def export_spawner(self, name: str, spawner: Spawner, *, reports_exit: bool = False) -> None:
+        """Let peers start `name` here: `spawner(node, args, reply_pid)` returns the pid.
+
+        With `reports_exit`, the exporter calls `exited(pid, reason)` itself when what it
+        started is over (e.g. after it sent the result back), instead of the gateway
+        reporting the process's exit the moment it happens."""
         self._exports[name] = spawner
+        if reports_exit:
+            self._self_reporting.add(name)
+        else:
+            self._self_reporting.discard(name)
+
+    def exited(self, pid: int, reason: ExitReason) -> None:
+        """Report `pid`'s end to the peers that watch it (for `reports_exit` exports)."""
+        self._deferred.discard(pid)
+        self._exited(pid, reason)
 
     def export(self, name: str, image: Image, grant: Iterable[str] = ()) -> None:
         """Let peers spawn `image` by `name`; it may open only the devices in `grant` (and
@@ -184,6 +200,22 @@ class Gateway:
     ) -> int:
         """Start exported `image` on `node`; its replies go to local pid `reply`, which also
         monitors it when `watch` (registered atomically with the spawn). Returns its pid."""
+        pid, _ = await self.spawn_with_info(
+            node, image, args, reply=reply, watch=watch, within_s=within_s
+        )
+        return pid
+
+    async def spawn_with_info(
+        self,
+        node: str,
+        image: str,
+        args: Iterable[Any] = (),
+        *,
+        reply: int,
+        watch: bool = True,
+        within_s: float | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        """`spawn`, and what the peer's spawner said about what it started."""
         if node == self.node:
             raise KernelError(f"node {node!r} is this node: spawn it locally")
         corr = new_nonce()
@@ -202,10 +234,10 @@ class Gateway:
         error = answer.get("error")
         if error is not None:
             raise KernelError(f"spawn on node {node!r} refused: {str(error)[:500]}")
-        pid = answer.get("pid")
+        pid, info = answer.get("pid"), answer.get("info")
         if type(pid) is not int:
             raise KernelError(f"spawn on node {node!r}: a malformed answer")
-        return pid
+        return pid, info if isinstance(info, dict) else {}
 
     async def spawn_proxy(
         self, sys: Sys, node: str, image: str, *args: Any, watch: bool = True
@@ -377,17 +409,23 @@ class Gateway:
             answer["error"] = f"no exported image {name[:64]!r} (exported: {known})"
         else:
             try:
-                pid = await spawner(node, args, reply_pid)
+                started = await spawner(node, args, reply_pid)
             except Exception as e:  # its message goes back; the key is never in it
                 answer["error"] = str(e)[:500] or type(e).__name__
             else:
+                pid = started if isinstance(started, int) else started[0]
+                if not isinstance(started, int):
+                    answer["info"] = started[1]
                 answer["pid"] = pid
                 self.expose(pid, node)
                 if m.get("watch"):
                     self._watched_by.setdefault(pid, set()).add((node, reply_pid))
-                p = self.kernel.procs.get(pid)
-                if p is None or p.reason is not None:
-                    self._exited(pid, self.kernel._reaped.get(pid, NOPROC))
+                if name in self._self_reporting:
+                    self._deferred.add(pid)
+                else:
+                    p = self.kernel.procs.get(pid)
+                    if p is None or p.reason is not None:
+                        self._exited(pid, self.kernel._reaped.get(pid, NOPROC))
         with contextlib.suppress(KernelError):
             self._control(node, answer)
 
@@ -402,6 +440,8 @@ class Gateway:
         """Event sink: a local process's exit reaches the peers that monitor it."""
         if ev.kind != "exit" or ev.pid is None:
             return
+        if ev.pid in self._deferred:
+            return  # its exporter reports it (after what it still has to send)
         if ev.pid in self._watched_by or ev.pid in self._exposed:
             data = ev.data or {}
             self._exited(ev.pid, ExitReason.from_json(data.get("reason", {"kind": "normal"})))

@@ -14,7 +14,8 @@ gateway turns the refusal into an error for the sender. When a peer's connection
 and cannot be re-made within `down_after_s`, the peer is reported down once (remote
 monitors then get `noconnection`), what was pending for it is dropped and counted, and
 sends to it are refused until it is reachable again; reconnecting goes on in the
-background, backing off to `backoff_max_s`.
+background, backing off to `backoff_max_s`. A peer that was never up is not reported down:
+what is sent to it waits in its queue for its first connection.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class _Peer:
     pending: deque[bytes] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     up: bool = False
+    seen: bool = False  # it has been up at least once
     down: bool = False  # reported down: sends are refused until it is up again
     task: asyncio.Task[None] | None = None
     down_timer: asyncio.TimerHandle | None = None
@@ -214,13 +216,13 @@ class TcpTransport(Transport):
             peer.down_timer = None
         peer.down = False
         if not peer.up:
-            peer.up = True
+            peer.up = peer.seen = True
             self.peer_event(peer.node, True)
 
     def _lost(self, peer: _Peer) -> None:
         if peer.up:
             peer.up = False
-        if peer.down_timer is None and not peer.down:
+        if peer.down_timer is None and not peer.down and peer.seen:
             loop = asyncio.get_running_loop()
             peer.down_timer = loop.call_later(self.down_after_s, self._give_up, peer)
 

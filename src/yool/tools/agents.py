@@ -47,6 +47,7 @@ class SpawnArgs(Args):
     priority: int = Field(0, ge=-10, le=10)
     deadline_s: float | None = Field(None, gt=0, description="kill after this many seconds")
     max_steps: int = Field(64, ge=1, le=HARD_MAX_STEPS)
+    node: str | None = Field(None, description="cluster node to run on, or 'any'")
 
 
 class Spawned(Result):
@@ -58,9 +59,27 @@ class Spawned(Result):
 @operation("agents")
 async def spawn(call: Call, args: SpawnArgs) -> Spawned:
     """Start a sub-agent on a task; returns its pid at once (then use wait)."""
+    if args.node is not None:
+        record = await _spawn_remote(call.session, args)
+        return Spawned(pid=record.pid, provider=record.provider, model=record.model)
     await call.session.warm(args.provider)
     record = start_agent(call.session, args)
     return Spawned(pid=record.pid, provider=record.provider, model=record.model)
+
+
+async def _spawn_remote(session: Session, args: SpawnArgs) -> AgentRecord:
+    cluster = session.cluster
+    if cluster is None:
+        raise OpError("node: this server is not in a cluster; set YOOL_CLUSTER (tcp or ray)")
+    try:
+        node = cluster.pick(args.node)
+        if node == cluster.node:  # placed here: an ordinary local agent
+            await session.warm(args.provider)
+            return start_agent(session, args.model_copy(update={"node": None}))
+        record: AgentRecord = await cluster.spawn_agent(args.model_copy(update={"node": node}))
+    except KernelError as e:
+        raise OpError(f"node: {e}") from None
+    return record
 
 
 def agent_spec(session: Session, args: SpawnArgs, driver: str, reply_to: str) -> AgentSpec:
@@ -283,6 +302,7 @@ class AgentStatus(Result):
     task: str = ""
     persona: str | None = None
     origin: dict[str, Any] | None = None
+    node: str | None = None  # node/pid, for an agent on another node
 
 
 def status_of(record: AgentRecord, *, answer: bool = True, task_chars: int = 200) -> AgentStatus:
@@ -298,6 +318,7 @@ def status_of(record: AgentRecord, *, answer: bool = True, task_chars: int = 200
         task=record.task[:task_chars],
         persona=record.persona,
         origin=record.origin,
+        node=record.node,
     )
 
 
@@ -456,6 +477,13 @@ async def signal(call: Call, args: SignalArgs) -> Signalled:
     session = call.session
     ref = session.live_ref(args.pid)
     sys = session.sys
+    record = session.record(args.pid)
+    if record.node is not None and args.signal != "kill" and session.cluster is not None:
+        try:  # the remote agent is stopped, continued or asked to end; its stub stays
+            session.cluster.signal(record, args.signal)
+        except KernelError as e:
+            raise OpError(f"pid: {e}") from None
+        return Signalled(pid=args.pid, signal=args.signal, status=record.status)
     try:
         {"kill": sys.kill, "term": sys.term, "stop": sys.stop, "cont": sys.cont}[args.signal](ref)
     except KernelError as e:

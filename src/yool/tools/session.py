@@ -86,6 +86,7 @@ class AgentRecord:
     ended: float | None = None
     origin: dict[str, Any] | None = None  # {"resumed"|"replayed"|"forked": pid, ...}
     resumed_as: int | None = None  # an interrupted agent continued by `resume` as this pid
+    node: str | None = None  # "node/pid" of an agent running on another cluster node
     account: Account | None = None  # live only
     done: asyncio.Future[ExitReason] | None = None  # live only
     ref: str | None = None  # live only: the session's capability over the agent
@@ -110,6 +111,7 @@ class AgentRecord:
             "ended": self.ended,
             "origin": self.origin,
             "resumed_as": self.resumed_as,
+            "node": self.node,
         }
 
     @classmethod
@@ -162,6 +164,7 @@ class Session:
         self._sys: Sys | None = None
         self._sandbox_handle: str | None = None
         self._inbox: asyncio.Task[None] | None = None
+        self.cluster: Any = None  # yool.cluster.agents.ClusterNode when YOOL_CLUSTER is on
         self.started = time.time()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -223,6 +226,10 @@ class Session:
         k.events.sinks.append(self._observe)
         await self._load_records()
         await self.personas.load()
+        if self.policy.cluster != "off":  # imported only then: one machine loads none of it
+            from yool.cluster.agents import ClusterNode
+
+            self.cluster = await ClusterNode.attach(self)
 
     async def close(self) -> None:
         with contextlib.suppress(ValueError):
@@ -230,6 +237,8 @@ class Session:
         for record in self.agents.values():
             if record.status in ACTIVE:
                 record.refresh()
+        if self.cluster is not None:
+            await self.cluster.close()  # peers see this node go: noconnection
         await self.kernel.shutdown()
         pool: SandboxPool | None = getattr(self, "sandbox_pool", None)
         if pool is not None:
@@ -440,6 +449,8 @@ class Session:
                 record.answer = body.answer
                 record.result = body.reason
                 record.steps = max(record.steps, body.steps)
+                if self.cluster is not None:
+                    self.cluster.agent_result(record, body)
         elif isinstance(body, Down):
             record = self.agents.get(body.pid)
             if record is None:
@@ -453,6 +464,8 @@ class Session:
             self._persist(record)
             if record.done is not None and not record.done.done():
                 record.done.set_result(body.reason)
+            if self.cluster is not None:
+                self.cluster.agent_down(record, body.reason)
 
 
 async def _session_main(sys: Sys, session: Session) -> None:

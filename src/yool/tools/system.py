@@ -33,4 +33,7 @@ class Metrics(Result):
 @operation("system", read_only=True)
 async def metrics(call: Call, args: NoArgs) -> Metrics:
     """Kernel counters: processes, messages, exits by reason, spend, lanes, store."""
-    return Metrics(metrics=call.session.kernel.metrics())
+    data = call.session.kernel.metrics()
+    if call.session.cluster is not None:  # this node, its peers, envelope faults (no key)
+        data["cluster"] = call.session.cluster.status()
+    return Metrics(metrics=data)

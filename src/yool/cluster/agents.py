@@ -1,0 +1,228 @@
+"""Agents on other nodes: what `spawn(node=...)` does, and what a node does when asked.
+
+Asking node (the MCP client's): `spawn_agent` starts a local stand-in process (a *stub*)
+under the session, then asks the peer's gateway to start image `agent` with the spawn
+arguments. The stub has a real local pid, so every MCP tool works on a remote agent as on a
+local one: `wait` waits for the stub, `send` gives it a message it forwards over its remote
+capability, `signal` kill kills the stub (which forwards the kill), stop/cont/term are
+forwarded. The stub relays the remote `AgentResult` to the session and ends with the remote
+agent's own exit reason, or `noconnection` when its node becomes unreachable. `ps` shows the
+remote agent's `node/pid`.
+
+Serving node: `agent` is exported by a spawner that validates the arguments as `SpawnArgs`
+and starts the agent with this node's own `start_agent`: the devices, paths and budget it
+gets are this node's grants (paths inside this node's workspace, the session's budget
+here). Its result and then its exit go back to the stub, in that order (the exit is
+reported by the session's `Down`, after the result it forwarded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from yool.cluster import load_key, make_transport
+from yool.cluster.gateway import Gateway
+from yool.kernel import Down, ExitReason, KernelError, Sys
+from yool.kernel.reasons import NOCONNECTION
+from yool.userland.agents import AgentResult
+
+if TYPE_CHECKING:
+    from yool.tools.agents import SpawnArgs
+    from yool.tools.session import AgentRecord, Session
+
+AGENT_IMAGE = "agent"
+ANY_NODE = "any"
+
+
+@dataclass(slots=True)
+class RemoteLink:
+    """What a stub knows of the agent it stands in for."""
+
+    node: str
+    pid: int | None = None
+    ref: str | None = None  # the stub's remote capability over it
+    ended: bool = False
+
+
+class ClusterNode:
+    """The session's side of the cluster: `session.cluster` while the session runs."""
+
+    def __init__(self, session: Session, gateway: Gateway) -> None:
+        self.session = session
+        self.gateway = gateway
+        self._next = itertools.count()
+        self._served: dict[int, tuple[str, int]] = {}  # local agent pid -> (node, stub pid)
+        gateway.export_spawner(AGENT_IMAGE, self._serve, reports_exit=True)
+
+    @classmethod
+    async def attach(cls, session: Session) -> ClusterNode:
+        policy = session.policy
+        transport = make_transport(policy)
+        gateway = Gateway(
+            session.kernel, transport, load_key(policy), window_s=policy.cluster_window_s
+        )
+        node = cls(session, gateway)
+        await gateway.start()
+        return node
+
+    async def close(self) -> None:
+        await self.gateway.close()
+
+    @property
+    def node(self) -> str:
+        return self.gateway.node
+
+    def pick(self, wanted: str) -> str:
+        """The node to run on: `wanted`, or for "any" the next of this node and the peers
+        that are up, in turn (so a fan-out spreads over the cluster)."""
+        if wanted == ANY_NODE:
+            up = sorted({self.node, *(p.node for p in self.gateway.transport.peers() if p.up)})
+            return up[next(self._next) % len(up)]
+        known = {p.node for p in self.gateway.transport.peers()}
+        if wanted not in known:
+            raise KernelError(
+                f"no peer node {wanted!r} (known: {', '.join(sorted(known)) or 'none'}; "
+                f"this node is {self.node!r}); use one of them or 'any'"
+            )
+        return wanted
+
+    # -- asking a peer ------------------------------------------------------------------
+
+    async def spawn_agent(self, args: SpawnArgs) -> AgentRecord:
+        """Start `args` as an agent on `args.node`; track it here under a stub's pid."""
+        from yool.tools.session import AgentRecord
+
+        session = self.session
+        assert args.node is not None
+        node = self.pick(args.node)
+        link = RemoteLink(node)
+        reply_to = session.sys.self_ref(("send",))
+        stub = session.sys.spawn(
+            _stub,
+            self,
+            link,
+            reply_to,
+            name=f"agent@{node}:{_title(args.task)}",
+            caps=(reply_to,),
+            monitor=True,
+        )
+        remote_args = args.model_dump(exclude={"node"}, exclude_defaults=True)
+        try:
+            pid, info = await self.gateway.spawn_with_info(
+                node, AGENT_IMAGE, [remote_args], reply=stub.pid
+            )
+        except BaseException:
+            link.ended = True
+            session.sys.kill(stub.ref)
+            raise
+        link.pid = pid
+        link.ref = self.gateway.proxy(stub.pid, node, pid)
+        return session.track(
+            AgentRecord(
+                pid=stub.pid,
+                task=args.task,
+                spawn=args.model_dump(),
+                persona=args.persona,
+                provider=str(info.get("provider") or args.provider or ""),
+                model=info.get("model") if isinstance(info.get("model"), str) else args.model,
+                node=f"{node}/{pid}",
+                ref=stub.ref,
+            )
+        )
+
+    def signal(self, record: AgentRecord, sig: str) -> None:
+        """stop, cont, term: forwarded to the remote agent (kill ends the stub locally)."""
+        node, _, pid = (record.node or "").partition("/")
+        self.gateway.signal(record.pid, (node, int(pid)), sig)
+
+    def _stub_ended(self, link: RemoteLink) -> None:
+        """The stub died first (killed here): kill what it stood in for."""
+        if not link.ended and link.pid is not None:
+            link.ended = True
+            with contextlib.suppress(KernelError):
+                self.gateway.signal(0, (link.node, link.pid), "kill")
+
+    # -- serving a peer -----------------------------------------------------------------
+
+    async def _serve(
+        self, node: str, args: list[Any], reply_pid: int
+    ) -> tuple[int, dict[str, Any]]:
+        from yool.tools.agents import SpawnArgs, start_agent
+        from yool.tools.table import OpError
+
+        session = self.session
+        try:
+            spawn_args = SpawnArgs.model_validate(args[0] if len(args) == 1 else None)
+        except ValidationError as e:
+            raise KernelError(f"spawn arguments: {e.errors()[0].get('msg', e)}") from None
+        if spawn_args.node is not None:
+            raise KernelError("node: a remote agent runs on the node that was asked")
+        await session.warm(spawn_args.provider)
+        try:
+            record = start_agent(session, spawn_args, origin={"node": node, "stub": reply_pid})
+        except OpError as e:
+            raise KernelError(str(e)) from None
+        self._served[record.pid] = (node, reply_pid)
+        return record.pid, {"provider": record.provider, "model": record.model}
+
+    def agent_result(self, record: AgentRecord, result: AgentResult) -> None:
+        """Session hook: an agent served for a peer finished: its result goes back first."""
+        served = self._served.get(record.pid)
+        if served is None:
+            return
+        node, stub = served
+        body = {
+            "result": {
+                "answer": result.answer,
+                "steps": result.steps,
+                "tokens": result.tokens,
+                "usd": result.usd,
+                "reason": result.reason,
+            }
+        }
+        with contextlib.suppress(KernelError):  # unreachable: the stub gets noconnection
+            self.gateway.send(0, (node, stub), body)
+
+    def agent_down(self, record: AgentRecord, reason: ExitReason) -> None:
+        """Session hook: an agent served for a peer exited: its exit goes back after."""
+        if self._served.pop(record.pid, None) is not None:
+            self.gateway.exited(record.pid, reason)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.gateway.status(), "serving": len(self._served)}
+
+
+async def _stub(sys: Sys, node: ClusterNode, link: RemoteLink, reply_to: str) -> None:
+    """Stands in for an agent on `link.node`: relays its result, forwards local messages,
+    and ends with its exit reason (or `noconnection`)."""
+    sys.on_cleanup(lambda: node._stub_ended(link))
+    while True:
+        msg = await sys.recv()
+        body = msg.body
+        if isinstance(body, Down) and body.node == link.node:
+            link.ended = True
+            sys.exit(body.reason if body.reason.kind != "noproc" else NOCONNECTION)
+        if msg.sender == 0 and isinstance(body, dict) and isinstance(body.get("result"), dict):
+            r = body["result"]
+            result = AgentResult(
+                answer=str(r.get("answer", "")),
+                steps=int(r.get("steps", 0)),
+                tokens=int(r.get("tokens", 0)),
+                usd=float(r.get("usd", 0.0)),
+                reason=str(r.get("reason", "")),
+                pid=sys.pid,
+            )
+            await sys.send(reply_to, result)
+        elif msg.sender != 0 and link.ref is not None and not link.ended:
+            with contextlib.suppress(KernelError):  # a lost message, as to a dead process
+                sys.send_nowait(link.ref, body if isinstance(body, str) else str(body))
+
+
+def _title(task: str) -> str:
+    line = " ".join(task.split())
+    return line[:32] + ("…" if len(line) > 32 else "")
