@@ -77,7 +77,8 @@ class _TuplesHandle(Handle):
                 limit = req.get("limit", 100)
                 if not isinstance(limit, int) or not 1 <= limit <= MAX_SCAN:
                     raise DriverError(f"tuples: limit must be 1..{MAX_SCAN}")
-                return [list(t) for t in space.scan(lane, template or [], limit)]
+                tpl = await space.prepare(lane, template or [])  # an index being built: wait
+                return [list(t) for t in space.scan(lane, tpl, limit)]
             wait = req.get("wait_s", 0)
             if not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT_S:
                 raise DriverError(f"tuples: wait_s must be 0..{MAX_WAIT_S:g} seconds")

@@ -119,8 +119,10 @@ async def tuple_scan(call: Call, args: ScanArgs) -> Scanned:
     if not 1 <= args.limit <= MAX_SCAN:
         raise OpError(f"limit: must be 1 to {MAX_SCAN}")
     _allowed(call, args.lane, "read")
+    space = call.session.tuples
     try:
-        found = call.session.tuples.scan(args.lane, args.template, args.limit)
+        tpl = await space.prepare(args.lane, args.template)  # an index being built: wait for it
+        found = space.scan(args.lane, tpl, args.limit)
     except (SpaceError, TemplateError) as e:
         raise _bad(e) from None
     return Scanned(tuples=[list(t) for t in found])
@@ -128,8 +130,13 @@ async def tuple_scan(call: Call, args: ScanArgs) -> Scanned:
 
 # -- batch_spawn ------------------------------------------------------------------------------
 
-IDLE_S = 5.0  # a lane quiet this long: compress the idle agents, then sleep until work comes
+IDLE_S = 5.0  # idle agents are compressed this long after a task ends (no timer otherwise)
 NOTES = 4  # earlier tasks an agent remembers (its state, kept in its token)
+RERUN_MARK = " (rerun: its first start was interrupted)"
+RERUN_NOTE = (
+    "Note: you started this task before, but the server stopped while you worked on it; "
+    "some of it may already be done."
+)
 _RUNS: WeakKeyDictionary[Session, dict[str, _Run]] = WeakKeyDictionary()
 
 
@@ -224,6 +231,7 @@ def _start(
         batch_id=batch_id,
         tokens=tokens,
         meta={"budget": None if budget is None else budget.to_json()},
+        results=out,
     )
     run = _RUNS.setdefault(session, {})[batch_id] = _Run(batch, out, child.pid)
     return run
@@ -257,31 +265,40 @@ async def _controller(sys: Sys, session: Session, batch_id: str) -> None:
     """The controller process: serve the batch's lane for ever, each task as a real agent.
 
     Its agents are its children (charged under its budget); the session monitors and tracks
-    them. When the lane is quiet, idle agents are compressed; when it ends (killed, or the
-    server stops), the tokens of the agents still materialised are written to the store.
+    them. Tasks are claimed before an agent starts on them and settled with their result in
+    one write (see `yool.tuplespace.batch`): a task started when the server died is started
+    once more when the batch is reopened, its agent told so and its result's reason marked
+    `RERUN_MARK`; one interrupted twice is reported as `interrupted ...`, not run again.
+    Idle agents are compressed `IDLE_S` after a task ends; a quiet batch sets no timer. When
+    it ends (killed, or the server stops), the tokens of the agents still materialised are
+    written to the store.
     """
     run = _RUNS[session][batch_id]
     run.sys = sys
-    batch, space = run.batch, session.tuples
+    batch = run.batch
 
-    async def work(agent: Agent, t: Tup) -> None:
-        task = t[1]
+    async def work(agent: Agent, claim: Tup) -> list[Any]:
+        task, starts = claim[1], claim[-1]
         if type(task) is not str or not task.strip() or len(task) > MAX_TASK_CHARS // 2:
-            await reject(t, "the second field is the task text")
-            return
+            return await reject(claim, "the second field is the task text")
         notes: list[str] = agent.state.get("notes", [])
         text = task
         if notes:
             text = "Your notes from earlier tasks:\n" + "\n".join(notes) + "\n\nTask: " + task
+        if starts > 1:
+            text = f"{RERUN_NOTE}\n\n{text}"
         args = SpawnArgs.model_validate(
             {"task": text, "system": _system(batch, agent), "tools": []}
         )
-        origin = {"batch": batch.id, "agent": agent.index}
+        origin = {
+            "batch": batch.id,
+            "agent": agent.index,
+            **({"rerun": True} if starts > 1 else {}),
+        }
         try:
             record = await run_agent(session, args, origin=origin, parent=sys)
         except OpError as e:
-            space.out_nowait(run.out, [agent.index, task, f"refused: {e}", None])
-            return
+            return [agent.index, task, f"refused: {e}", None]
         a = agent.account  # already charged up the tree by the agent process: carried only
         a.tokens, a.usd = a.tokens + record.tokens, a.usd + record.usd
         a.tool_calls += record.tool_calls
@@ -289,18 +306,18 @@ async def _controller(sys: Sys, session: Session, batch_id: str) -> None:
         agent.state["notes"] = [*notes, f"{task[:120]} -> {(record.answer or reason)[:240]}"][
             -NOTES:
         ]
-        # No await between the agent's end and its result: a controller stopped here does not
-        # do the task twice. On a durable lane it is committed with the next group commit.
-        space.out_nowait(run.out, [agent.index, task, reason, record.answer])
+        if starts > 1:
+            reason += RERUN_MARK
+        # Returned, not put: the batch puts it in the write that settles the task's claim.
+        return [agent.index, task, reason, record.answer]
 
-    async def reject(t: Tup, why: str) -> None:
-        space.out_nowait(run.out, [*t[:2], f"rejected: {why}", None])
+    async def reject(t: Tup, why: str) -> list[Any]:
+        return [*t[:2], f"rejected: {why}" if "interrupted" not in why else why, None]
 
     try:
-        while True:
-            await batch.serve(work, wait_s=IDLE_S, reject=reject, batch_size=1, serial=True)
-            batch.compress_idle()
-            await space.rd(batch.lane, [None, None])  # asleep until work arrives
+        await batch.serve(
+            work, wait_s=None, reject=reject, batch_size=1, serial=True, idle_s=IDLE_S
+        )
     finally:
         batch.persist()
 

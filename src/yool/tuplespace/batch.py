@@ -12,6 +12,14 @@ and restored from the token on its next task. `load_batch` reads a batch's spec 
 after a restart, and a `Batch` made with them carries on where it was (`persist` writes the
 tokens of the agents still materialised, e.g. as its controller ends).
 
+Work can be claimed (a `results` lane given): a task is then moved to the lane's claims lane
+`<lane>/claimed` as `(*task, starts)` before anything is done for it, and its result is put
+on `results` in the same write that drops its claim (on a durable lane: one transaction each).
+So across a crash a task is waiting, claimed, or done, never two of them. A claim found by the
+next `serve` (its server was SIGKILLed mid-task, or its controller stopped) is started once
+more as `(*task, 2)`, so the handler can say so honestly in its result; one interrupted again
+is reported through `reject` and not run a third time. Nothing is silently done twice.
+
 Budgets come from the controller: each materialised agent has a kernel `Account` whose parent
 is the controller's, so whatever an agent spends is charged to the controller and every
 ancestor, all or nothing, and an agent can never spend what the controller has not got. A
@@ -25,7 +33,7 @@ import json
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -91,8 +99,9 @@ class Agent:
         )
 
 
-AgentHandler = Callable[[Agent, Tup], Awaitable[None]]
-Reject = Callable[[Tup, str], Awaitable[None]]
+# Both return the task's result tuple when the batch has a `results` lane (else None).
+AgentHandler = Callable[[Agent, Tup], Awaitable[Sequence[Any] | None]]
+Reject = Callable[[Tup, str], Awaitable[Sequence[Any] | None]]
 
 
 class Batch:
@@ -114,6 +123,7 @@ class Batch:
         tokens: dict[int, str] | None = None,
         now: Callable[[], float] | None = None,
         meta: dict[str, Any] | None = None,
+        results: str | None = None,
     ) -> None:
         size = check_shape(depth, branching)
         self.id = batch_id or "batch_" + os.urandom(6).hex()
@@ -136,7 +146,16 @@ class Batch:
         self.compressed = 0
         self.peak_active = 0
         self._freed = asyncio.Event()
+        self._idle_s: float | None = None
+        self._idle: asyncio.TimerHandle | None = None  # armed by a task ending, never periodic
+        # With a results lane, tasks are claimed (see `serve`): `claims` holds the started ones.
+        self.results = results
+        self.claims = None if results is None else f"{lane}/claimed"
+        self.rerun = 0  # claims started again after an interruption
+        self.abandoned = 0  # claims interrupted at their second start, reported, not rerun
         space.declare(lane)
+        if self.claims is not None:
+            space.declare(self.claims, durable=space.is_durable(lane))
         if store is not None:
             store.write_later(partial(_put_batch, batch=self.id, spec=_dumps(self.spec())))
 
@@ -197,6 +216,14 @@ class Batch:
         agent.busy -= 1
         if agent.busy == 0:
             self._freed.set()
+            if self._idle_s is not None and self._idle is None:
+                loop = asyncio.get_running_loop()
+                self._idle = loop.call_later(self._idle_s, self._on_idle)
+
+    def _on_idle(self) -> None:
+        """The idle timer: compress the agents idle now; a busy one re-arms it as it ends."""
+        self._idle = None
+        self.compress_idle()
 
     def _compress_one(self) -> bool:
         for index, agent in self.active.items():  # least recently used first
@@ -236,56 +263,121 @@ class Batch:
         handler: AgentHandler,
         *,
         arity: int = 2,
-        wait_s: float = 0.0,
+        wait_s: float | None = 0.0,
         reject: Reject | None = None,
         batch_size: int | None = None,
         serial: bool = False,
+        idle_s: float | None = None,
     ) -> int:
         """Drain the lane: each tuple `[index, ...]` runs `handler(agent, tuple)`.
 
         A tuple naming no agent of the batch goes to `reject(tuple, why)` when given (else it
-        fails its pool batch). If serving is cancelled (or its process exits), the tuples taken
-        but not finished go back on the lane: a controller that is stopped loses no work, though
-        a task it was finishing may be done twice (at least once, like a durable lane).
-        `batch_size` (default the policy's small-task size) is how many tuples one worker takes
-        at once: 1 for tasks that are not small, so they run side by side. `serial`: one task
-        at a time per agent (its next task sees what its last one left in its state).
+        fails its pool batch). `wait_s`: how long the lane may be quiet before serving ends
+        (None: never; then nothing waits on a timer while the lane is empty). `batch_size`
+        (default the policy's small-task size) is how many tuples one worker takes at once:
+        1 for tasks that are not small, so they run side by side. `serial`: one task at a time
+        per agent (its next task sees what its last one left in its state). `idle_s`: idle
+        agents are compressed this long after the last task ended; the timer is armed only by
+        a task ending, so a quiet batch does no periodic work.
+
+        Without `results`, tasks are taken from the lane; if serving is cancelled the ones
+        taken but not finished go back (at least once). With `results` (see the module doc)
+        the handler and `reject` get the claim `(*t, starts)` and return the result tuple,
+        which is put on `results` in the same write that settles the claim; a cancelled
+        serve puts back only the tasks it had not started, and the next serve first deals
+        with the claims left by an earlier one (`recover`).
         """
+        self._idle_s = idle_s
+        claims = self.claims
+
+        async def one(t: Tup) -> None:
+            """Run one task (or claim); its id goes in `started` as its handler is called."""
+            index = t[0]
+            if type(index) is not int or not 0 <= index < self.size:
+                why = f"the first field is an agent index 0..{self.size - 1}"
+                if reject is None:
+                    raise BatchError(f"work tuple {t!r}: {why}")
+                result = await reject(t, why)
+                if claims is not None:
+                    self.space.settle(claims, t, self.results, result)
+                return
+            agent = await self.acquire(index)
+            try:
+                started.add(id(t))
+                if serial:
+                    if agent.lock is None:
+                        agent.lock = asyncio.Lock()
+                    async with agent.lock:
+                        result = await handler(agent, t)
+                else:
+                    result = await handler(agent, t)
+                agent.tasks += 1
+                if claims is not None:
+                    self.space.settle(claims, t, self.results, result)
+            finally:
+                self.release(agent)
+
+        started: set[int] = set()
 
         async def run(batch: list[Tup]) -> None:
             for n, t in enumerate(batch):
                 try:
-                    index = t[0]
-                    if type(index) is not int or not 0 <= index < self.size:
-                        why = f"the first field is an agent index 0..{self.size - 1}"
-                        if reject is None:
-                            raise BatchError(f"work tuple {t!r}: {why}")
-                        await reject(t, why)
-                        continue
-                    agent = await self.acquire(index)
-                    try:
-                        if serial:
-                            if agent.lock is None:
-                                agent.lock = asyncio.Lock()
-                            async with agent.lock:
-                                await handler(agent, t)
-                        else:
-                            await handler(agent, t)
-                        agent.tasks += 1
-                    finally:
-                        self.release(agent)
+                    await one(t)
                 except Exception:
                     raise  # the pool puts the batch back (a bounded number of times)
                 except BaseException:  # cancelled, or the process exits: nothing is lost
                     for left in batch[n:]:
-                        self.space.out_nowait(self.lane, left)
-                    raise
+                        if claims is None:
+                            self.space.out_nowait(self.lane, left)
+                        elif id(left) not in started:
+                            self.space.unclaim(claims, left, self.lane)
+                    raise  # a claim started stays: the next serve's `recover` sees it
+                finally:
+                    started.discard(id(t))
 
-        pool = LanePool(self.space, self.lane, run, self.policy, arity=arity)
+        pool = LanePool(self.space, self.lane, run, self.policy, arity=arity, claims=claims)
         if batch_size is not None:
             pool.batch_size = batch_size
         self.pool = pool
-        return await pool.drain(wait_s=wait_s)
+        recovering = [asyncio.ensure_future(run([c])) for c in await self.recover(reject, arity)]
+        try:
+            done = await pool.drain(wait_s=wait_s)
+            await asyncio.gather(*recovering)
+        finally:
+            for task in recovering:
+                task.cancel()
+            await asyncio.gather(*recovering, return_exceptions=True)
+            if self._idle is not None:
+                self._idle.cancel()
+                self._idle = None
+        return done + len(recovering)
+
+    async def recover(self, reject: Reject | None, arity: int = 2) -> list[Tup]:
+        """The claims an earlier serve left (its server died, or it was stopped mid-task).
+
+        Each was started once and never settled, so it may have done part or all of its work:
+        it is started once more, as `(*t, 2)` (committed first), so the handler can say so.
+        One left at its second start is not run a third time: it is settled with what
+        `reject(claim, "interrupted ...")` returns. Returns the claims to run again.
+        """
+        claims = self.claims
+        if claims is None:
+            return []
+        again: list[Tup] = []
+        for c in self.space.scan(claims, [None] * (arity + 1), limit=1_000_000):
+            if type(c[-1]) is int and c[-1] < 2:
+                got = self.space.reclaim(claims, c)
+                if got is not None:
+                    again.append(got)
+                    self.rerun += 1
+            else:
+                why = "interrupted twice (the server stopped while it ran); not started again"
+                result = None if reject is None else await reject(c, why)
+                self.space.settle(claims, c, self.results, result)
+                self.abandoned += 1
+        if again and self.space.is_durable(claims):
+            await self.space.committed()
+        return again
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -297,6 +389,8 @@ class Batch:
             "restored": self.restored,
             "compressed": self.compressed,
             "tokens": len(self.tokens),
+            "rerun": self.rerun,
+            "abandoned": self.abandoned,
         }
 
 
