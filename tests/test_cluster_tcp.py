@@ -434,3 +434,57 @@ async def _peers(client: Any) -> list[dict[str, Any]]:
     peers = cluster.get("peers", [])
     assert isinstance(peers, list)
     return peers
+
+
+def test_cli_cluster_status_reports_peers_and_never_the_key(real: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys as _sys
+
+    secret = "never-print-this-key-0123"
+
+    async def go() -> None:
+        async with node("b") as (_kb, _gb, tb):
+            env = server_env(
+                tmp_path,
+                YOOL_CLUSTER="tcp",
+                YOOL_NODE_ID="a",
+                YOOL_CLUSTER_KEY=secret,
+                YOOL_CLUSTER_PEERS=f"b=127.0.0.1:{tb.address[1]},c=127.0.0.1:{free_port()}",
+            )
+
+            def run(*argv: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [_sys.executable, "-m", "yool", *argv], env=env, capture_output=True, text=True
+                )
+
+            status = await asyncio.to_thread(run, "cluster", "status", "--json")
+            policy = await asyncio.to_thread(run, "policy", "--json")
+            table = await asyncio.to_thread(run, "cluster", "status")
+            for done in (status, policy, table):
+                assert secret not in done.stdout + done.stderr
+            assert status.returncode == 1  # c does not answer
+            found = json.loads(status.stdout)
+            assert found["key"] == "set (redacted)" and found["node"] == "a"
+            assert {p["node"]: p["reachable"] for p in found["peers"]} == {"b": True, "c": False}
+            assert json.loads(policy.stdout)["cluster_key"]["value"] == "(set, redacted)"
+            assert "UNREACHABLE" in table.stdout
+
+    real(go())
+
+
+def test_a_cluster_without_a_key_refuses_to_start_and_says_which_variable(tmp_path: Path) -> None:
+    from yool.cluster import ClusterError, load_key
+    from yool.policy import RuntimePolicy
+
+    with pytest.raises(ClusterError, match="YOOL_CLUSTER_KEY or YOOL_CLUSTER_KEY_FILE"):
+        load_key(RuntimePolicy(cluster="tcp"))
+    short = RuntimePolicy(cluster="tcp", cluster_key="short")  # type: ignore[arg-type]
+    with pytest.raises(ClusterError, match="shorter than 16 bytes") as info:
+        load_key(short)
+    assert "short" not in str(info.value).replace("shorter", "")
+    keyfile = tmp_path / "key"
+    keyfile.write_text("a-key-from-a-file-0123\n")
+    assert (
+        load_key(RuntimePolicy(cluster="tcp", cluster_key_file=keyfile))
+        == b"a-key-from-a-file-0123"
+    )

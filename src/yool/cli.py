@@ -263,6 +263,22 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0 if found.level >= policy.sandbox_level else EXIT_FAILED
 
 
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("status",), help="status: node, key, peers reachable")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """Exit 0 when the cluster is off or configured with every peer reachable, else 1."""
+    import json
+
+    from yool.cluster.status import render, status
+
+    found = status(load_policy())
+    print(json.dumps(found, indent=2) if args.json else render(found))
+    return 0 if found["ok"] else EXIT_FAILED
+
+
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("client", choices=("claude", "codex", "vscode"), help="the MCP client")
     parser.add_argument(
@@ -385,6 +401,12 @@ COMMANDS: tuple[Command, ...] = (
         "report the code sandbox's isolation layers on this machine (`probe`, --json)",
         _sandbox,
         _sandbox_arguments,
+    ),
+    Command(
+        "cluster",
+        "show this node's cluster setup (YOOL_CLUSTER) and which peers answer (`status`)",
+        _cluster,
+        _cluster_arguments,
     ),
     Command(
         "policy",
