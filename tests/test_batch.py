@@ -203,3 +203,111 @@ def test_a_batch_reopens_after_a_restart_from_its_durable_tokens_and_lanes(tmp_p
     # agent 5 was restored from the token the first server wrote: its notes are in its prompt
     assert recall[:3] == (5, "what colour was it?", "normal") and "colour blue" in recall[3]
     assert status.restored == 2 and status.peak_active == 1
+
+
+def test_idle_agents_are_compressed_after_work_and_a_quiet_batch_sets_no_timer(
+    virtual: Any,
+) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        batch = Batch(space, depth=2, branching=8, lane="w", controller=controller(), policy=POLICY)
+        loop = asyncio.get_running_loop()
+
+        def armed() -> int:  # timers anyone has set on the loop (this test sets none now)
+            return sum(1 for h in loop._scheduled if not h.cancelled())  # type: ignore[attr-defined]
+
+        async def handler(agent: Agent, t: tuple[Any, ...]) -> None:
+            await asyncio.sleep(0.5)
+
+        serving = asyncio.ensure_future(batch.serve(handler, wait_s=None, idle_s=5.0))
+        await asyncio.sleep(60)
+        quiet = armed()  # serving, nothing to do: no timer at all
+        for i in (3, 4, 5):
+            space.out_nowait("w", [i, "task"])
+        await asyncio.sleep(1)
+        busy = (len(batch.active), armed())  # the tasks are done: one idle timer
+        await asyncio.sleep(5)
+        after = (len(batch.active), batch.compressed, armed(), serving.done())
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        return quiet, busy, after
+
+    quiet, busy, after = virtual(main())
+    assert quiet == 0
+    assert busy == (3, 1)
+    assert after == (0, 3, 0, False)  # compressed, and nothing left to wake for
+
+
+def _claimed_batch(store: Store, space: TupleSpace, batch_id: str) -> Batch:
+    return Batch(
+        space,
+        depth=1,
+        branching=8,
+        lane="w",
+        controller=controller(),
+        policy=POLICY,
+        store=store,
+        batch_id=batch_id,
+        results="w/out",
+    )
+
+
+def test_a_claimed_task_interrupted_is_started_once_more_marked_then_reported(
+    tmp_path: Path,
+) -> None:
+    """Three lives of one durable batch on one store file: a task interrupted mid-run is
+    started again as (*task, 2) by the next serve, and if interrupted again is reported,
+    never run a third time."""
+    db = tmp_path / "yool.db"
+    starts: list[tuple[Any, ...]] = []
+
+    async def life(hang: bool) -> Any:
+        store = Store.open(db)
+        try:
+            space = TupleSpace(store)
+            await space.load()
+            for lane in ("w", "w/out"):
+                space.declare(lane, durable=True)
+            batch = _claimed_batch(store, space, "b1")
+            started = asyncio.Event()
+
+            async def handler(agent: Agent, claim: tuple[Any, ...]) -> list[Any]:
+                starts.append(claim)
+                started.set()
+                if hang:
+                    await asyncio.Event().wait()  # interrupted in the middle
+                return [claim[0], claim[1], f"done at start {claim[-1]}"]
+
+            async def reject(t: tuple[Any, ...], why: str) -> list[Any]:
+                return [t[0], t[1], why]
+
+            if not starts or space.scan("w/out", [None, None, None]):
+                await space.out("w", [1, "the task"])
+            serving = asyncio.ensure_future(
+                batch.serve(handler, wait_s=0.5, reject=reject, batch_size=1)
+            )
+            if hang:
+                await asyncio.wait_for(started.wait(), 5)
+                serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            await space.committed()
+            return (
+                space.scan("w", [None, None]),
+                space.scan("w/claimed", [None, None, None]),
+                space.scan("w/out", [None, None, None]),
+                batch.stats(),
+            )
+        finally:
+            store.close()
+
+    work, claims, out, _ = asyncio.run(life(hang=True))
+    assert claims == [(1, "the task", 1)] and out == []
+    work, claims, out, stats = asyncio.run(life(hang=True))  # its second start hangs too
+    assert claims == [(1, "the task", 2)] and stats["rerun"] == 1
+    work, claims, out, stats = asyncio.run(life(hang=False))
+    assert claims == [] and stats["abandoned"] == 1
+    assert out[0][:2] == (1, "the task") and out[0][2].startswith("interrupted twice")
+    assert starts == [(1, "the task", 1), (1, "the task", 2)]  # never a third time
+    work, claims, out, stats = asyncio.run(life(hang=False))  # a fresh task: once, unmarked
+    assert claims == [] and work == [] and len(starts) == 3
+    assert out[1] == (1, "the task", "done at start 1")

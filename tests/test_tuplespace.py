@@ -4,6 +4,7 @@ cancellation, lane capabilities, and durable lanes across a restart of a real se
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from yool.drivers.tuples import TuplesDriver
 from yool.kernel import CapError, KernelError
+from yool.kernel.store import Store
 from yool.policy import RuntimePolicy
 from yool.tools import Session
 from yool.tuplespace import SpaceError, Template, TemplateError, TupleError, TupleSpace
@@ -654,3 +656,51 @@ def test_a_wide_range_takes_its_oldest_tuple_looking_at_one_candidate() -> None:
     assert taken == [v for v in order if 10 <= v < 90_000][:200]
     got, examined = _examined_by(space, lambda: space.scan("l", [{"gte": 0}, "x"], limit=5))
     assert [t[0] for t in got] == [v for v in order if v not in set(taken)][:5] and examined == 5
+
+
+def test_a_durable_take_is_committed_before_the_taker_sees_it(tmp_path: Path) -> None:
+    """While another connection holds the database's write lock, a durable `in` waits: it is
+    not handed over until its delete is on disk; cancelled meanwhile, the tuple stays."""
+    db = tmp_path / "yool.db"
+
+    async def main() -> Any:
+        store = Store.open(db)
+        space = TupleSpace(store)
+        space.declare("w", durable=True)
+        await space.out("w", ["job", 1])
+        await space.out("w", ["job", 2])
+        blocker = sqlite3.connect(db, timeout=10, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # the store's writer must wait for this
+        taker = asyncio.ensure_future(space.in_("w", ["job", 1]))
+        await asyncio.sleep(0.3)
+        held_back = not taker.done()
+        blocker.execute("ROLLBACK")
+        got = await taker
+        on_disk = await store.read(lambda c: c.execute("SELECT data FROM tuple_rows").fetchall())
+        blocker.execute("BEGIN IMMEDIATE")
+        late = asyncio.ensure_future(space.in_("w", ["job", 2]))
+        await asyncio.sleep(0.2)
+        late.cancel()
+        blocker.execute("ROLLBACK")
+        await asyncio.gather(late, return_exceptions=True)
+        await space.committed()
+        left = space.scan("w", [None, None])
+        store.close()
+        blocker.close()
+        return held_back, got, on_disk, late.cancelled(), left
+
+    held_back, got, on_disk, cancelled, left = asyncio.run(main())
+    assert held_back and got == ("job", 1)
+    assert on_disk == [('["job",2]',)]  # the take was on disk when the taker resumed
+    assert cancelled and left == [("job", 2)]  # nobody got it: it is still there
+
+    async def again() -> Any:
+        store = Store.open(db)
+        try:
+            space = TupleSpace(store)
+            await space.load()
+            return space.scan("w", [None, None])
+        finally:
+            store.close()
+
+    assert asyncio.run(again()) == [("job", 2)]
