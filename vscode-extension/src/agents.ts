@@ -8,7 +8,7 @@
  * (the `cont` signal) and on interrupted ones (yool's `resume` from the journal).
  */
 
-import { AgentStatus, Ps, opMethod } from "./protocol";
+import { AgentStatus, LIVE_STATUSES, Ps, opMethod } from "./protocol";
 import { compactCount, dollars, oneLine } from "./format";
 
 export const CONTEXT_PREFIX = "yoolAgent:";
@@ -86,6 +86,7 @@ function details(row: AgentStatus): DetailNode[] {
   if (row.reason) out.push({ kind: "detail", id: id("reason"), label: "exit reason", description: row.reason });
   if (row.result) out.push({ kind: "detail", id: id("result"), label: "result", description: row.result });
   out.push({ kind: "detail", id: id("usage"), label: "usage", description: usage(row) });
+  if (row.node) out.push({ kind: "detail", id: id("node"), label: "node", description: row.node });
   if (row.origin && Object.keys(row.origin).length > 0) {
     out.push({ kind: "detail", id: id("origin"), label: "origin", description: JSON.stringify(row.origin) });
   }
@@ -95,7 +96,7 @@ function details(row: AgentStatus): DetailNode[] {
 export function agentNode(row: AgentStatus): AgentNode {
   const who = row.persona ?? "agent";
   const tip = [
-    `pid ${row.pid} · ${who}`,
+    `pid ${row.pid} · ${who}${row.node ? ` · on ${row.node}` : ""}`,
     `status: ${row.status}`,
     ...(row.reason ? [`exit reason: ${row.reason}`] : []),
     ...(row.result ? [`result: ${row.result}`] : []),
@@ -106,7 +107,7 @@ export function agentNode(row: AgentStatus): AgentNode {
     kind: "agent",
     id: String(row.pid),
     pid: row.pid,
-    label: `${row.pid} ${who}`,
+    label: `${row.pid} ${who}${row.node ? ` @${row.node.split("/")[0]}` : ""}`,
     description: `${statusText(row)} · ${usage(row)}`,
     tooltip: tip.join("\n"),
     contextValue: CONTEXT_PREFIX + row.status,
@@ -118,7 +119,7 @@ export function agentNode(row: AgentStatus): AgentNode {
 /** The view's top level: live agents first (newest first), then ended ones (newest first). */
 export function agentNodes(ps: Pick<Ps, "agents"> | undefined): AgentNode[] {
   if (!ps) return [];
-  const live = (r: AgentStatus) => (r.status === "running" || r.status === "stopped" ? 0 : 1);
+  const live = (r: AgentStatus) => (LIVE_STATUSES.has(r.status) ? 0 : 1);
   const rows = [...ps.agents].sort((a, b) => live(a) - live(b) || b.pid - a.pid);
   return rows.map(agentNode);
 }
@@ -135,7 +136,7 @@ export interface Request {
  * a command can also be run from the palette with a stale row).
  */
 export function actionRequest(action: AgentAction, row: Pick<AgentStatus, "pid" | "status">): Request | { refused: string } {
-  const live = row.status === "running" || row.status === "stopped";
+  const live = LIVE_STATUSES.has(row.status);
   switch (action) {
     case "kill":
       if (!live) return { refused: `agent ${row.pid} is ${row.status}; only a live agent can be killed` };
@@ -152,5 +153,5 @@ export function actionRequest(action: AgentAction, row: Pick<AgentStatus, "pid" 
 
 /** How many agents are live in a `ps` payload. */
 export function liveCount(ps: Pick<Ps, "agents"> | undefined): number {
-  return ps ? ps.agents.filter((r) => r.status === "running" || r.status === "stopped").length : 0;
+  return ps ? ps.agents.filter((r) => LIVE_STATUSES.has(r.status)).length : 0;
 }

@@ -20,6 +20,8 @@ export interface AgentStatus {
   task?: string;
   persona?: string | null;
   origin?: Record<string, unknown> | null;
+  /** "node/pid" for an agent running on another node of a yool cluster. */
+  node?: string | null;
 }
 
 /** The session process's spend and what is left of its budget (yool.tools.agents.SessionStatus). */

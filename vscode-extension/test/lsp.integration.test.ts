@@ -167,7 +167,7 @@ describe("yool server --lsp, driven over JSON-RPC", { skip, timeout: 120_000 }, 
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), "yool-lsp-"));
     workspace = path.join(tmp, "ws");
     fs.mkdirSync(workspace);
-    fake = await startFake(4);
+    fake = await startFake(30); // the live agent waits on it until killed
     const env = cleanEnv(tmp, { ANTHROPIC_BASE_URL: fake.url, ANTHROPIC_API_KEY: "fake-key-for-the-local-fake" });
     server = new Server(env, tmp);
     init = await server.conn.sendRequest("initialize", {
@@ -265,14 +265,26 @@ describe("yool server --lsp, driven over JSON-RPC", { skip, timeout: 120_000 }, 
     assert.equal(inspected.reason, "normal");
   });
 
-  test("a live agent shows kill and stop; the kill request ends it with a killed reason", async () => {
+  test("a live agent is stopped, continued and killed through the view's action requests", async () => {
     const spawned = await server.conn.sendRequest<{ pid: number }>(opMethod("spawn"), { task: "think slowly", provider: "anthropic" });
     const pid = spawned.pid;
     const live = await server.until(`agent ${pid} running`, () => server.agentRow(pid, (s) => s === "running"));
     const node = agentNodes(live).find((n) => n.pid === pid)!;
     assert.equal(node.contextValue, "yoolAgent:running");
     assert.equal(node.icon.id, "sync~spin");
-    const row = live.agents.find((a) => a.pid === pid)!;
+    const stop = actionRequest("stop", live.agents.find((a) => a.pid === pid)!);
+    assert.ok(!("refused" in stop));
+    assert.equal((await server.conn.sendRequest<{ status: string }>(stop.method, stop.params)).status, "stopped");
+    const stopped = await server.until(`agent ${pid} stopped`, () => server.agentRow(pid, (s) => s === "stopped"));
+    assert.equal(agentNodes(stopped).find((n) => n.pid === pid)!.contextValue, "yoolAgent:stopped");
+    const cont = actionRequest("resume", stopped.agents.find((a) => a.pid === pid)!);
+    assert.deepEqual(cont, { method: "yool/signal", params: { pid, signal: "cont" } });
+    const before = server.agents.length;
+    assert.equal((await server.conn.sendRequest<{ status: string }>(cont.method, cont.params)).status, "running");
+    const resumed = await server.until(`agent ${pid} running again`, () =>
+      server.agents.length > before ? server.agentRow(pid, (s) => s === "running") : undefined,
+    );
+    const row = resumed.agents.find((a) => a.pid === pid)!;
     const kill = actionRequest("kill", row);
     assert.ok(!("refused" in kill));
     const done = await server.conn.sendRequest<{ pid: number; signal: string; status: string }>(kill.method, kill.params);

@@ -100,6 +100,13 @@ test("each action sends the request the server's operations take, or is refused"
   assert.ok("refused" in actionRequest("resume", { pid: 5, status: "exited" }));
 });
 
+test("an agent on another cluster node says which", () => {
+  const n = agentNode({ pid: 12, status: "running", node: "n2/40" });
+  assert.equal(n.label, "12 agent @n2");
+  assert.match(n.tooltip, /^pid 12 · agent · on n2\/40$/m);
+  assert.deepEqual(n.children.find((c) => c.label === "node")?.description, "n2/40");
+});
+
 test("exit reasons are grouped by their kind", () => {
   assert.equal(reasonKind("killed(by=1)"), "killed");
   assert.equal(reasonKind("quota(tokens)"), "quota");
