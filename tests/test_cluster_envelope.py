@@ -43,21 +43,44 @@ def test_an_envelope_sealed_with_another_key_is_forged() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
-    [("body", "HI"), ("to", 8), ("from", "c"), ("ts", NOW + 1), ("nonce", "n2"), ("node", "c")],
+    ("old", "new"),
+    [
+        (b'"body":"hi"', b'"body":"HI"'),
+        (b'"to":7', b'"to":8'),
+        (b'"from":"a"', b'"from":"c"'),
+        (b'"ts":1000000.0', b'"ts":1000001.0'),
+        (b'"nonce":"n1"', b'"nonce":"n2"'),
+        (b'"node":"b"', b'"node":"c"'),
+        (b'"body":"hi"', b'"body":"hi" '),  # even a byte of whitespace
+    ],
 )
-def test_tampering_with_any_field_breaks_the_mac(field: str, value: object) -> None:
-    raw = json.loads(seal(KEY, "b", 7, "hi", sender="a", ts=NOW, nonce="n1"))
-    raw[field] = value
-    assert refused(canonical(raw)) == "forged"
+def test_tampering_with_any_field_breaks_the_mac(old: bytes, new: bytes) -> None:
+    data = seal(KEY, "b", 7, "hi", sender="a", ts=NOW, nonce="n1")
+    assert old in data
+    assert refused(data.replace(old, new)) == "forged"
 
 
-def test_a_missing_or_wrong_mac_is_forged_not_a_crash() -> None:
-    raw = json.loads(seal(KEY, "b", 7, "hi", sender="a", ts=NOW))
-    raw["mac"] = "00" * 32
-    assert refused(canonical(raw)) == "forged"
-    raw["mac"] = "ünïcode"
-    assert refused(canonical(raw)) == "forged"
+def test_a_wrong_mac_is_forged_and_a_missing_one_malformed_not_a_crash() -> None:
+    data = seal(KEY, "b", 7, "hi", sender="a", ts=NOW)
+    assert refused(data[:-66] + b"0" * 64 + b'"}') == "forged"
+    assert refused(data[:-66] + "ü".encode() * 32 + b'"}') == "forged"
+    raw = json.loads(data)
+    del raw["mac"]
+    assert refused(canonical(raw)) == "malformed"
+    other = seal(KEY, "b", 7, "other", sender="a", ts=NOW)
+    assert refused(data[:-74] + other[-74:]) == "forged"  # a real MAC, of another envelope
+
+
+def test_a_valid_mac_over_bad_fields_is_still_malformed() -> None:
+    from yool.cluster.envelope import _mac
+
+    for signed in (
+        b'{"to":1}',
+        b'{"body":1,"from":"a","node":"b","nonce":"n","to":"1","ts":1}',
+        b'{"body":1,"from":"a","node":"b","nonce":"n","to":1,"ts":NaN}',
+    ):
+        data = signed[:-1] + b',"mac":"' + _mac(KEY, signed) + b'"}'
+        assert refused(data) == "malformed", signed
 
 
 @pytest.mark.parametrize(

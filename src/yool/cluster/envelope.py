@@ -1,15 +1,19 @@
 """Sealed envelopes: the only thing that travels between yool kernels.
 
-An envelope is one JSON object `{"node", "to", "from", "nonce", "ts", "body", "mac"}`:
+An envelope is one JSON object `{"body", "from", "node", "nonce", "to", "ts", "mac"}`:
 `node`/`to` name the recipient node and pid (pid 0 is the receiving gateway's control
 channel), `from` the sending node, `nonce` a value never reused by its sender, `ts` the
 sender's wall clock in seconds, `body` any JSON value, and `mac` the HMAC-SHA256 (hex)
-under the cluster's shared key of the canonical encoding of all the rest (JSON with
-sorted keys, no whitespace, UTF-8). `open_envelope` checks, in this order:
+under the cluster's shared key of the canonical encoding of all the rest: JSON with
+sorted keys, no whitespace, UTF-8. On the wire the envelope is exactly that canonical text
+with `,"mac":"<64 hex>"` spliced in before its closing brace, so the receiver checks the MAC
+over the very bytes that were signed (no re-encoding: one JSON pass per side).
+`open_envelope` checks, in this order:
 
-1. it parses and has those fields with the right types (else `malformed`);
-2. the MAC, in constant time (`hmac.compare_digest`): a forged or tampered envelope
-   fails here (`forged`) before anything of it is believed or remembered;
+1. it has the shape `<canonical text>,"mac":"<hex>"}` (else `malformed`);
+2. the MAC over those bytes, in constant time (`hmac.compare_digest`): a forged or
+   tampered envelope fails here (`forged`) before anything of it is parsed, believed or
+   remembered; then it must parse with those fields and types (else `malformed`);
 3. it is addressed to this node (`misrouted`: an envelope for another node replayed here);
 4. freshness: `ts` within `window_s` of our clock either way (`stale`, `future`), which
    tolerates that much clock skew;
@@ -27,6 +31,7 @@ import hashlib
 import heapq
 import hmac
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -64,8 +69,13 @@ def canonical(value: Any) -> bytes:
     ).encode()
 
 
-def _mac(key: bytes, fields: dict[str, Any]) -> str:
-    return hmac.new(key, canonical(fields), hashlib.sha256).hexdigest()
+_MAC_OPEN = b',"mac":"'
+_MAC_LEN = 64  # hex digits of SHA-256
+_SUFFIX = len(_MAC_OPEN) + _MAC_LEN + 2  # ,"mac":"<hex>"}
+
+
+def _mac(key: bytes, signed: bytes) -> bytes:
+    return hmac.new(key, signed, hashlib.sha256).hexdigest().encode()
 
 
 def new_nonce() -> str:
@@ -95,8 +105,8 @@ def seal(
         "ts": time.time() if ts is None else ts,
         "body": body,
     }
-    fields["mac"] = _mac(key, fields)
-    return canonical(fields)
+    signed = canonical(fields)
+    return signed[:-1] + _MAC_OPEN + _mac(key, signed) + b'"}'
 
 
 class NonceGuard:
@@ -146,30 +156,32 @@ def open_envelope(
     """Verify one envelope addressed to `node`; raise `EnvelopeError` if it must be dropped."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError("malformed", f"{len(data)} bytes is over the limit")
+    if (
+        len(data) <= _SUFFIX
+        or data[-_SUFFIX : -_SUFFIX + len(_MAC_OPEN)] != _MAC_OPEN
+        or data[-2:] != b'"}'
+    ):
+        raise EnvelopeError("malformed", "no MAC at the end")
+    signed = data[:-_SUFFIX] + b"}"
+    if not hmac.compare_digest(_mac(key, signed), data[-_MAC_LEN - 2 : -2]):
+        raise EnvelopeError("forged", "bad MAC")
     try:
-        raw = json.loads(data)
+        raw = json.loads(signed)
     except (ValueError, UnicodeDecodeError):
         raise EnvelopeError("malformed", "not JSON") from None
-    if not isinstance(raw, dict) or set(raw) != {*_FIELDS, "mac"}:
+    if not isinstance(raw, dict) or set(raw) != set(_FIELDS):
         raise EnvelopeError("malformed", "wrong fields")
-    mac = raw.pop("mac")
     to, ts = raw["to"], raw["ts"]
     if (
-        not isinstance(mac, str)
-        or not isinstance(raw["node"], str)
+        not isinstance(raw["node"], str)
         or not isinstance(raw["from"], str)
         or not isinstance(raw["nonce"], str)
         or type(to) is not int
         or to < 0
         or type(ts) not in (int, float)
+        or not math.isfinite(ts)
     ):
         raise EnvelopeError("malformed", "a field has the wrong type")
-    try:
-        want = _mac(key, raw)
-    except ValueError:  # NaN/Infinity smuggled in: never canonical
-        raise EnvelopeError("malformed", "not canonical JSON") from None
-    if not hmac.compare_digest(want.encode(), mac.encode("utf-8", "replace")):
-        raise EnvelopeError("forged", f"bad MAC from {raw['from'][:64]!r}")
     if raw["node"] != node:
         raise EnvelopeError("misrouted", f"addressed to node {raw['node'][:64]!r}")
     if ts < now - window_s:

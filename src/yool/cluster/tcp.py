@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from yool.cluster.envelope import MAX_ENVELOPE_BYTES
 from yool.cluster.transport import DEFAULT_DOWN_AFTER_S, DEFAULT_MAX_PENDING, PeerState, Transport
@@ -51,7 +51,7 @@ class _Peer:
     host: str
     port: int
     pending: deque[bytes] = field(default_factory=deque)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    waiter: asyncio.Future[bool] | None = None  # the writer, idle: True = data, False = beat
     up: bool = False
     seen: bool = False  # it has been up at least once
     down: bool = False  # reported down: sends are refused until it is up again
@@ -149,7 +149,9 @@ class TcpTransport(Transport):
             self._stats["refused"] += 1
             return False
         peer.pending.append(data)
-        peer.wake.set()
+        waiter = peer.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
         return True
 
     async def _pump(self, peer: _Peer) -> None:
@@ -167,6 +169,7 @@ class TcpTransport(Transport):
                 attempt = 0
                 self._connected(peer)
                 eof = asyncio.ensure_future(reader.read(1))  # the listener never writes: EOF
+                eof.add_done_callback(functools.partial(_interrupt, peer))
                 try:
                     await self._write_loop(peer, writer, eof)
                 finally:
@@ -189,6 +192,7 @@ class TcpTransport(Transport):
     async def _write_loop(
         self, peer: _Peer, writer: asyncio.StreamWriter, eof: asyncio.Future[bytes]
     ) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             while peer.pending:
                 writer.write(peer.pending.popleft() + b"\n")
@@ -196,18 +200,19 @@ class TcpTransport(Transport):
                 if writer.transport.get_write_buffer_size() > 1 << 20:
                     await writer.drain()
             await writer.drain()
-            peer.wake.clear()
-            wake: asyncio.Future[Any] = asyncio.ensure_future(peer.wake.wait())
-            watched: set[asyncio.Future[Any]] = {wake, eof}
-            try:
-                done, _ = await asyncio.wait(
-                    watched, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                wake.cancel()
-            if eof in done:
+            if eof.done():
                 raise EOFError("peer closed the connection")
-            if not done:
+            if peer.pending:
+                continue
+            waiter: asyncio.Future[bool] = loop.create_future()
+            peer.waiter = waiter
+            beat = loop.call_later(self.heartbeat_s, _set, waiter, False)
+            try:
+                data = await waiter  # EOFError when the peer closes the connection
+            finally:
+                beat.cancel()
+                peer.waiter = None
+            if not data:
                 writer.write(b"\n")  # heartbeat: a dead peer shows up as a failed write
 
     def _connected(self, peer: _Peer) -> None:
@@ -280,3 +285,15 @@ class TcpTransport(Transport):
 
     def stats(self) -> dict[str, int]:
         return dict(self._stats)
+
+
+def _set(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _interrupt(peer: _Peer, _eof: object) -> None:
+    """The connection's reader ended: wake the idle writer with the news."""
+    waiter = peer.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_exception(EOFError("peer closed the connection"))
