@@ -4,6 +4,14 @@ a sub-agent gets from its capabilities."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +19,12 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-from stdio_servers import stdio
+from stdio_servers import on_fake_anthropic, server_env, stdio
 from yool.kernel import CapError
 from yool.policy import RuntimePolicy
-from yool.testing.fake_provider import FakeProvider
+from yool.testing.fake_provider import FakeProvider, Fault, Recorded, Script, Turn
 from yool.tools import Session
+from yool.tools.tuples import RERUN_MARK, RERUN_NOTE
 from yool.userland.agents.spec import AgentSpec
 from yool.userland.agents.tools import _child_caps, build_toolbox
 
@@ -208,3 +217,171 @@ def test_a_delegated_child_gets_the_tuples_device_and_lanes_never_wider_than_its
     assert got["in"] == (["task"], False)
     assert got["other"][1] and "other" in got["other"][0]  # outside jobs/*: refused
     assert "widen" in got and "caveat" in got, got
+
+
+# -- durability across a SIGKILLed server, and an LLM agent using the tuple tools --------------
+
+
+@contextlib.asynccontextmanager
+async def _killable(home: Path, mode: str, **extra: str) -> AsyncIterator[tuple[Client, int]]:
+    """A stdio server whose pid we know (the shell execs it), and a client on it."""
+    pidfile = home.parent / f"server-{time.monotonic_ns()}.pid"
+    params = StdioServerParameters(
+        command="/bin/sh",
+        args=["-c", f'echo $$ > "{pidfile}"; exec "$0" -m yool server --stdio', sys.executable],
+        env=server_env(home, **extra),
+        cwd=str(home.parent),
+    )
+    async with Client(params, mode=mode) as client:
+        yield client, int(pidfile.read_text())
+
+
+async def _call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
+    r = await client.call_tool(tool, args)
+    assert not r.is_error, r.content
+    out = r.structured_content
+    assert isinstance(out, dict)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_a_durable_take_is_handed_over_once_even_when_the_server_is_sigkilled(
+    tmp_path: Path, mode: str
+) -> None:
+    home = tmp_path / "home"
+
+    async def first() -> Any:
+        async with _killable(home, mode) as (c, pid):
+            for i in (1, 2):
+                await _call(c, "tuple_out", lane="jobs", tuple=["job", i], durable=True)
+            took = await _call(c, "tuple_in", lane="jobs", template=["job", 1])
+            # Another connection holds the write lock: the take of job 2 cannot be committed.
+            blocker = sqlite3.connect(home / "yool.db", timeout=10, isolation_level=None)
+            blocker.execute("BEGIN IMMEDIATE")
+            taking = asyncio.ensure_future(
+                c.call_tool("tuple_in", {"lane": "jobs", "template": ["job", 2]})
+            )
+            await asyncio.sleep(0.5)
+            handed = taking.done()
+            os.kill(pid, signal.SIGKILL)  # dies with the take of job 2 not on disk
+            blocker.execute("ROLLBACK")
+            blocker.close()
+            taking.cancel()
+            await asyncio.gather(taking, return_exceptions=True)
+            return took, handed
+
+    took, handed = asyncio.run(first())
+    assert took == {"tuple": ["job", 1]}
+    assert not handed  # never handed to the client before its delete was on disk
+
+    async def second() -> Any:
+        async with _killable(home, mode) as (c, _):
+            return await _call(c, "tuple_scan", lane="jobs", template=[None, None])
+
+    # job 1 was taken and stays taken; job 2 was never handed out, so it is still there
+    assert asyncio.run(second()) == {"tuples": [["job", 2]]}
+
+
+def test_a_batch_task_running_when_the_server_is_sigkilled_runs_once_more_marked(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    marker = "summarise file 2"
+
+    def respond(rec: Recorded) -> Turn:
+        return Turn.say("summary of file 2, on the second start")
+
+    def hang_first(rec: Recorded) -> Fault | None:  # the first start never gets an answer
+        text = json.dumps(rec.body)
+        return Fault(hang=True) if marker in text and RERUN_NOTE not in text else None
+
+    fake = FakeProvider.start_in_thread(Script(respond=respond), fault_for=hang_first)
+    env = on_fake_anthropic(fake.url, "sk-test-rerun")
+
+    def seen() -> list[str]:
+        return [
+            json.dumps(r.body) for r in list(fake.fake.requests) if marker in json.dumps(r.body)
+        ]
+
+    async def first() -> dict[str, Any]:
+        async with _killable(home, "auto", **env) as (c, pid):
+            info = await _call(c, "batch_spawn", depth=1, branching=4)
+            await _call(c, "tuple_out", lane=info["lane"], tuple=[2, marker])
+            deadline = time.monotonic() + 20
+            while not seen():  # its agent has started (so its claim is on disk)
+                assert time.monotonic() < deadline, "the agent never called the model"
+                await asyncio.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+            return info
+
+    async def second(info: dict[str, Any]) -> Any:
+        async with _killable(home, "auto", **env) as (c, _):
+            await _call(c, "batch_spawn", id=info["id"])
+            got = await _call(c, "tuple_in", lane=info["out"], template=[None] * 4, wait_s=30)
+            more = await _call(c, "tuple_in", lane=info["out"], template=[None] * 4, wait_s=1)
+            left = await _call(c, "tuple_scan", lane=info["lane"], template=[None, None])
+            return got, more, left
+
+    try:
+        info = asyncio.run(first())
+        got, more, left = asyncio.run(second(info))
+    finally:
+        fake.stop()
+    index, task, reason, answer = got["tuple"]
+    assert (index, task) == (2, marker)
+    assert reason == "normal" + RERUN_MARK  # honest: this was its second start
+    assert answer == "summary of file 2, on the second start"
+    assert more == {} and left == {"tuples": []}  # one result, nothing queued again
+    starts = seen()
+    assert len(starts) == 2 and RERUN_NOTE in starts[1]  # the agent was told, and ran twice
+
+
+def _agents_script(rec: Recorded) -> Turn:
+    """Agent A uses the tuple tools: it takes the test's tuple, then puts its own; agent B
+    (spawned without them) tries to put one anyway."""
+    text = json.dumps(rec.body)
+    if "task-A" in text:
+        if rec.position == 0:
+            return Turn.say("", ("tuple_in", {"lane": "inbox", "template": ["hello", None]}))
+        if rec.position == 1:
+            return Turn.say("", ("tuple_out", {"lane": "outbox", "tuple": ["from A", 7]}))
+        return Turn.say("A is done")
+    if "task-B" in text:
+        if rec.position == 0:
+            return Turn.say("", ("tuple_out", {"lane": "outbox", "tuple": ["from B", 8]}))
+        return Turn.say("B is done")
+    return Turn.say("unexpected")
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_an_llm_agent_spawned_over_mcp_uses_the_tuple_tools_and_one_without_them_is_refused(
+    tmp_path: Path, mode: str
+) -> None:
+    async def main() -> Any:
+        async with FakeProvider(Script(respond=_agents_script)) as fake:
+            env = on_fake_anthropic(fake.url, "sk-test-tuples")
+            async with Client(stdio(tmp_path, **env), mode=mode) as c:
+                await _call(c, "tuple_out", lane="inbox", tuple=["hello", 42])
+                a = await _call(c, "spawn", task="task-A: trade tuples", tools=["tuples"])
+                b = await _call(c, "spawn", task="task-B: try the lanes", tools=["files"])
+                done = await _call(c, "wait", pids=[a["pid"], b["pid"]], timeout_s=30)
+                inbox = await _call(c, "tuple_scan", lane="inbox", template=[None, None])
+                outbox = await _call(c, "tuple_scan", lane="outbox", template=[None, None])
+            results = {
+                rec.position: json.dumps(rec.body)
+                for rec in fake.requests
+                if "task-A" in json.dumps(rec.body)
+            }
+            b_results = [
+                json.dumps(rec.body)
+                for rec in fake.requests
+                if "task-B" in json.dumps(rec.body) and rec.position == 1
+            ]
+            return done, inbox, outbox, results, b_results
+
+    done, inbox, outbox, a_seen, b_seen = asyncio.run(main())
+    assert done["done"] and {x["reason"] for x in done["agents"]} == {"normal"}, done
+    assert inbox == {"tuples": []}  # agent A consumed the tuple the test wrote...
+    assert "hello" in a_seen[1] and "42" in a_seen[1]  # its tuple_in's result went to the model
+    assert outbox == {"tuples": [["from A", 7]]}  # ...and the test sees the one it wrote
+    assert b_seen and "no tool 'tuple_out'" in b_seen[0]  # B holds no lane capability
