@@ -202,6 +202,10 @@ class Session:
         kv = k.register_driver(KVDriver(k.store))
         # Zygotes start on the first code run, not here: most sessions never run code.
         self.sandbox_pool = SandboxPool(SandboxConfig.from_policy(self.policy))
+        if self.policy.cluster == "ray":  # code runs are Ray tasks placed over the cluster
+            from yool.cluster.ray import RaySandboxPool
+
+            self.sandbox_pool = RaySandboxPool(self.sandbox_pool.config)
         sandbox = k.register_driver(SandboxDriver(self.sandbox_pool, k, self.lessons))
         # The tuple space: durable lanes come back from the store before anyone can ask.
         self.tuples = TupleSpace(k.store, queue_maxsize=self.policy.queue_maxsize)

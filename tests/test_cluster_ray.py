@@ -1,0 +1,260 @@
+"""yool over Ray on this machine: a local two-node Ray cluster (`ray.cluster_utils.Cluster`),
+yool nodes as Ray actors pinned to Ray nodes, the MCP server's session joining as a driver.
+Remote spawn, messages and monitors through the real MCP client; a Ray node removed under a
+running agent ends it with `noconnection`; agents and sandboxed code runs fanned out over
+both Ray nodes; the transport's own contract (order, backpressure, a peer's death).
+
+Ray is the optional extra `yool[ray]`: without it every test here is skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stdio_servers import server_env
+
+MARK = f"yool-ray-test-{uuid.uuid4().hex[:12]}"
+# Set before Ray is imported: no usage reporting; a one-host cluster stays on 127.0.0.1; and a
+# mark in the environment every Ray process inherits, to prove none outlives the tests.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["YOOL_RAY_TEST_MARK"] = MARK
+
+ray = pytest.importorskip(
+    "ray", reason="Ray is an optional extra: pip install 'yool[ray]' to run the Ray tests"
+)
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from yool.cluster import ray as yray  # noqa: E402
+
+KEY = "test-cluster-key-0123456789"
+SMALL = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "node_ip_address": "127.0.0.1"}
+
+pytestmark = pytest.mark.timeout(150)
+
+
+def _marked_pids() -> list[int]:
+    """Processes started by this module's Ray cluster (they all carry MARK)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if MARK.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+@dataclass
+class RayCluster:
+    cluster: Any
+    head: str  # Ray node ids
+    b: str
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={**SMALL, "include_dashboard": False, "resources": {"yool-head": 1}},
+    )
+    try:
+        b = c.add_node(**SMALL, resources={"yool-b": 1})
+        ray.init(address=c.address, namespace=yray.NAMESPACE, log_to_driver=False)
+        c.wait_for_nodes()
+        yield RayCluster(c, c.head_node.node_id, b.node_id)
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        # Nothing of Ray outlives the tests: no raylet, GCS, agent or worker is left.
+        deadline = time.monotonic() + 15
+        while _marked_pids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _marked_pids()
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+        assert not left, f"Ray processes left running after shutdown: {left}"
+
+
+def _node_env(home: Path, name: str, **extra: str) -> dict[str, str]:
+    env = server_env(
+        home,
+        YOOL_CLUSTER="ray",
+        YOOL_NODE_ID=name,
+        YOOL_CLUSTER_KEY=KEY,
+        YOOL_CLUSTER_DOWN_AFTER_S="0.5",
+        **extra,
+    )
+    return env
+
+
+def _yool_env(home: Path, **extra: str) -> dict[str, str]:
+    """Only the yool variables (a YoolNode actor's process has Ray's own environment)."""
+    return {
+        k: v
+        for k, v in _node_env(home, "x", **extra).items()
+        if k.startswith(("YOOL_", "ANTHROPIC_"))
+    }
+
+
+@contextlib.asynccontextmanager
+async def _mcp(home: Path, env: dict[str, str], mode: str) -> AsyncIterator[Any]:
+    import sys as _sys
+
+    from mcp.client import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    await asyncio.to_thread(home.mkdir, parents=True, exist_ok=True)
+    params = StdioServerParameters(
+        command=_sys.executable, args=["-m", "yool", "server", "--stdio"], env=env, cwd=str(home)
+    )
+    async with Client(params, mode=mode) as client:  # type: ignore[arg-type]
+        yield client
+
+
+async def _call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
+    r = await client.call_tool(tool, args)
+    assert not r.is_error, r.content
+    out = r.structured_content
+    assert isinstance(out, dict)
+    return out
+
+
+async def _error(client: Any, tool: str, **args: Any) -> str:
+    r = await client.call_tool(tool, args)
+    assert r.is_error, r.structured_content
+    text = r.content[0].text
+    assert isinstance(text, str)
+    return text
+
+
+async def _peer_up(client: Any, node: str, within_s: float = 30) -> None:
+    async with asyncio.timeout(within_s):
+        while True:
+            metrics = (await _call(client, "metrics"))["metrics"]
+            peers = (metrics.get("cluster") or {}).get("peers", [])
+            if any(p["node"] == node and p["up"] for p in peers):
+                return
+            await asyncio.sleep(0.1)
+
+
+def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node_is_removed(
+    cluster: RayCluster, real: Any, tmp_path: Path
+) -> None:
+    from yool.testing import FakeProvider, Script, Turn
+    from yool.testing.fake_provider import ThreadedFakeProvider
+
+    # c's agents think for a while, so there is time to talk to them and to remove c under them
+    slow = ThreadedFakeProvider(FakeProvider(Script([Turn.say("All done.")]), latency=2.5))
+    c = cluster.cluster.add_node(**SMALL, resources={"yool-c": 1})
+    node_c = yray.start_node(
+        "c",
+        ray_node=c.node_id,
+        env=_yool_env(
+            tmp_path / "c",
+            YOOL_PROVIDER="anthropic",
+            ANTHROPIC_API_KEY="sk-c",
+            ANTHROPIC_BASE_URL=slow.url,
+        ),
+    )
+    env = _node_env(tmp_path / "a", "a", YOOL_CLUSTER_PEERS="c", YOOL_RAY_ADDRESS=cluster.address)
+
+    async def on_c(op: str, **args: Any) -> dict[str, Any]:
+        out: dict[str, Any] = await node_c.call.remote(op, args)
+        return out
+
+    async def go() -> None:
+        async with _mcp(tmp_path / "a", env, "legacy") as a:
+            await _peer_up(a, "c")
+            spawned = await _call(a, "spawn", task="summarise the repo", node="c", tools=[])
+            pid = spawned["pid"]
+            listed = {s["pid"]: s for s in (await _call(a, "ps"))["agents"]}
+            where, _, remote_pid = listed[pid]["node"].partition("/")
+            assert where == "c" and listed[pid]["status"] == "running"
+            # on c it is an ordinary agent of c's session (in the actor), started for node a
+            there = {s["pid"]: s for s in (await on_c("ps"))["agents"]}
+            assert there[int(remote_pid)]["origin"]["node"] == "a"
+            # a message from a's client reaches the agent's mailbox on c
+            assert (await _call(a, "send", pid=pid, message="also check the tests"))["delivered"]
+            for _ in range(100):
+                seen = await on_c("inspect", pid=int(remote_pid))
+                if "also check the tests" in str(seen):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"message never reached c: {seen}")
+            # it finishes on c: a's wait sees its answer and its true exit reason
+            done = await _call(a, "wait", pids=[pid], timeout_s=30)
+            assert done["done"], done
+            agent = done["agents"][0]
+            assert (agent["reason"], agent["result"], agent["answer"]) == (
+                "normal",
+                "completed",
+                "All done.",
+            )
+            # the next one is still thinking when c's Ray node is removed
+            pid2 = (await _call(a, "spawn", task="a long one", node="c", tools=[]))["pid"]
+            t0 = time.monotonic()
+            await asyncio.to_thread(cluster.cluster.remove_node, c)
+            done = await _call(a, "wait", pids=[pid2], timeout_s=30)
+            assert done["done"], done
+            assert done["agents"][0]["reason"] == "noconnection"
+            assert time.monotonic() - t0 < 10
+            assert "node: " in await _error(a, "spawn", task="x", node="c", tools=[])
+
+    try:
+        real(go())
+    finally:
+        slow.stop()
+
+
+def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
+    cluster: RayCluster, real: Any, tmp_path: Path
+) -> None:
+    node_b = yray.start_node("b", ray_node=cluster.b, env=_yool_env(tmp_path / "b"))
+    env = _node_env(tmp_path / "a", "a", YOOL_CLUSTER_PEERS="b", YOOL_RAY_ADDRESS=cluster.address)
+    code = (
+        "import os, time\n"
+        "time.sleep(1.5)\n"  # long enough that the runs overlap and need both nodes' CPUs
+        "print(os.environ['YOOL_RAY_NODE_ID'])\n"
+    )
+
+    async def go() -> None:
+        async with _mcp(tmp_path / "a", env, "auto") as a:
+            await _peer_up(a, "b")
+            pids = [
+                (await _call(a, "spawn", task=f"task {i}", node="any", tools=[]))["pid"]
+                for i in range(4)
+            ]
+            done = await _call(a, "wait", pids=pids, timeout_s=30)
+            assert done["done"], done
+            where = [s.get("node", "a/").partition("/")[0] for s in done["agents"]]
+            assert sorted(where) == ["a", "a", "b", "b"]
+            assert {s["answer"] for s in done["agents"]} == {f"Done: task {i}" for i in range(4)}
+            runs = await asyncio.gather(*(_call(a, "code_run", code=code) for _ in range(4)))
+            assert all(r["reason"] == "exited" and r["exit_code"] == 0 for r in runs), runs
+            placed = [r["stdout"].strip() for r in runs]
+            assert set(placed) == {cluster.head, cluster.b}, placed
+
+    try:
+        real(go())
+    finally:
+        yray.stop_node(node_b)
