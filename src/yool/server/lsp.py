@@ -50,6 +50,7 @@ from pygls.protocol import (
     LanguageServerProtocol,
     lsp_method,
 )
+from pygls.protocol.json_rpc import RPCRequest
 from pygls.uris import to_fs_path
 
 from yool import __version__
@@ -114,6 +115,19 @@ class _Protocol(LanguageServerProtocol):
         # A coroutine (pygls's is a generator), so $/cancelRequest reaches the operation.
         return await self._server.execute_command(params)
 
+    @lsp_method(lsp.SHUTDOWN)
+    async def lsp_shutdown(self, *args: Any) -> None:  # type: ignore[override]
+        # Every call cancelled and the session closed before the answer; then nothing more
+        # is served (pygls refuses all but `exit`). pygls's own iterates a dict that
+        # cancelling changes.
+        self._shutdown = True  # from now on every request but this one is refused
+        self._server.shutdown_task = asyncio.current_task()
+        await self._server.close()
+        current = self.msg_id
+        for msg_id, future in list(self._request_futures.items()):
+            if msg_id != current and not future.done():
+                future.cancel()
+
     @lsp_method(lsp.EXIT)
     def lsp_exit(self, *args: Any) -> None:  # type: ignore[override]
         # pygls would sys.exit() from a callback; the serving loop ends and cleans up instead.
@@ -130,8 +144,14 @@ class _Protocol(LanguageServerProtocol):
             raise
 
     def handle_message(self, message: Any) -> None:
-        if not isinstance(message, _Answered):
-            super().handle_message(message)
+        if isinstance(message, _Answered):
+            return
+        if self._shutdown and isinstance(message, RPCRequest) and message.method != lsp.EXIT:
+            # pygls drops it unanswered; LSP says: refuse it
+            error = JsonRpcInvalidRequest("the server is shut down; only exit is accepted")
+            self._send_response(message.id, error=error.to_response_error())
+            return
+        super().handle_message(message)
 
 
 class _Coalesced:
@@ -252,10 +272,12 @@ class YoolLanguageServer(LanguageServer):
             op.name: op for op in enabled(policy.tools)
         }
         self.session: Session | None = None
+        self._opened: asyncio.Future[None] | None = None  # done once initialize has opened it
         self._stack: contextlib.AsyncExitStack | None = None
         self._closing: asyncio.Future[None] | None = None
         self._calls: set[asyncio.Task[Any]] = set()
         self._exit: asyncio.Future[None] | None = None
+        self.shutdown_task: asyncio.Task[Any] | None = None  # the `shutdown` request's
         self._agents: _Coalesced | None = None
         self._trace: _Coalesced | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -267,14 +289,19 @@ class YoolLanguageServer(LanguageServer):
         # pygls tags each handler with attributes, which a bound method cannot take.
         self.feature(TRACE_FOLLOW)(_handler(self._trace_follow))
         self.feature(lsp.INITIALIZE)(_handler(self._on_initialize))
-        self.feature(lsp.SHUTDOWN)(_handler(self._on_shutdown))
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def _on_initialize(self, params: lsp.InitializeParams) -> None:
-        if self.session is not None or self._closing is not None:
+        if self._opened is not None or self._closing is not None:
             raise JsonRpcInvalidRequest("initialize: the server is already initialized")
-        workspace = _workspace(params)
+        self._opened = asyncio.get_running_loop().create_future()
+        try:
+            await self._open(_workspace(params))
+        finally:
+            self._opened.set_result(None)
+
+    async def _open(self, workspace: Path | None) -> None:
         stack = contextlib.AsyncExitStack()
         try:
             session = await stack.enter_async_context(
@@ -289,9 +316,6 @@ class YoolLanguageServer(LanguageServer):
         self._trace = _Coalesced(COALESCE_S, self._send_trace)
         session.kernel.events.sinks.append(self._on_event)
 
-    async def _on_shutdown(self, params: Any = None) -> None:
-        await self.close()
-
     def request_exit(self) -> None:
         """The client sent `exit` (or a signal came): stop serving."""
         if self._exit is not None and not self._exit.done():
@@ -304,6 +328,8 @@ class YoolLanguageServer(LanguageServer):
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        if self._opened is not None:
+            await asyncio.shield(self._opened)  # an initialize still opening the session
         session, self.session = self.session, None
         for coalesced in (self._agents, self._trace):
             if coalesced is not None:
@@ -347,6 +373,8 @@ class YoolLanguageServer(LanguageServer):
             with contextlib.suppress(BaseException):
                 await reading
             await self.close()
+            if self.shutdown_task is not None:  # its answer goes out before we end
+                await asyncio.wait({self.shutdown_task})
             for sig in signals:
                 with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
                     loop.remove_signal_handler(sig)
@@ -417,6 +445,8 @@ class YoolLanguageServer(LanguageServer):
     async def call(self, name: str, params: Any, token: lsp.ProgressToken | None = None) -> Any:
         """Run operation `name` on `params`: its result as JSON, or a JSON-RPC error."""
         op = self.operations[name]
+        if self.session is None and self._opened is not None and self._closing is None:
+            await asyncio.shield(self._opened)  # a call sent before initialize's answer
         session = self.session
         if session is None:
             raise JsonRpcServerNotInitialized(
