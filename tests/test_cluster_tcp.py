@@ -191,7 +191,8 @@ def test_exported_images_get_only_the_devices_their_export_grants(real: Any) -> 
 async def raw_line(port: int, hello: str, *lines: bytes) -> None:
     """Write envelopes to a node's listener as a peer would (or an attacker could)."""
     _, w = await asyncio.open_connection("127.0.0.1", port)
-    w.write(json.dumps({"hello": hello}).encode() + b"\n" + b"".join(x + b"\n" for x in lines))
+    greeting = {"hello": hello, "listen": f"127.0.0.1:{free_port()}"}
+    w.write(json.dumps(greeting).encode() + b"\n" + b"".join(x + b"\n" for x in lines))
     await w.drain()
     w.close()
 
@@ -204,6 +205,11 @@ def test_forged_replayed_stale_and_unauthorized_envelopes_are_dropped_as_faults(
             now = kb.wall()
             gb.expose(target.pid, "a")
             good = seal(KEY, "b", target.pid, {"s": 9, "m": "legit"}, sender="a", ts=now)
+            forged = seal(b"wrong-key-wrong-key-wrong", "b", 0, {"$": "x"}, sender="a", ts=now)
+            await raw_line(port, "a", forged, forged)
+            await until(lambda: gb.faults["forged"] == 2)
+            assert tb.peers() == []  # an unauthenticated hello is never dialled back
+            gb.faults.clear()
             await raw_line(
                 port,
                 "a",
@@ -218,6 +224,7 @@ def test_forged_replayed_stale_and_unauthorized_envelopes_are_dropped_as_faults(
             )
             msg: Message = await target.recv(timeout=5)
             assert msg.body == "legit"
+            assert [p.node for p in tb.peers()] == ["a"]  # authentic now: b can answer a
             await until(lambda: sum(gb.faults.values()) >= 7)
             assert dict(gb.faults) == {
                 "forged": 2,
@@ -229,7 +236,7 @@ def test_forged_replayed_stale_and_unauthorized_envelopes_are_dropped_as_faults(
             }
             assert target.pending() == 0
             faults = [e for e in kb.trace(100) if e.kind == "fault"]
-            assert len(faults) == 7
+            assert len(faults) == 9
             assert not any(KEY.decode() in json.dumps(e.data) for e in faults)
 
     real(go())

@@ -323,6 +323,7 @@ class Gateway:
             self._fault(e.kind, claimed, str(e))
             return
         self.counters["received"] += 1
+        self.transport.authenticated(env.sender)
         body = env.body
         if env.to != 0:
             if env.sender not in self._exposed.get(env.to, ()):

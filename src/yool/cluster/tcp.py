@@ -85,6 +85,7 @@ class TcpTransport(Transport):
         self._server: asyncio.Server | None = None
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._closed = False
+        self._delivering: tuple[str, tuple[str, int] | None] | None = None
         self._stats = {"sent": 0, "received": 0, "refused": 0, "dropped": 0, "reconnects": 0}
         self.address: tuple[str, int] = listen
 
@@ -124,6 +125,19 @@ class TcpTransport(Transport):
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    def authenticated(self, node: str) -> None:
+        """The gateway verified an envelope from `node` on the connection being delivered:
+        only now is the hello's address believed and dialled back (replies need a route),
+        so an unauthenticated connection can never make this node dial anywhere."""
+        current = self._delivering
+        if (
+            current is not None
+            and current[0] == node
+            and current[1] is not None
+            and node not in self._peers
+        ):
+            self.add_peer(node, *current[1])
 
     def closed(self) -> bool:
         return self._closed
@@ -253,12 +267,13 @@ class TcpTransport(Transport):
             if not isinstance(node, str) or not node:
                 raise ValueError("bad hello")
             listen = hello.get("listen")
+            back: tuple[str, int] | None = None
             if isinstance(listen, str) and node not in self._peers:
                 host, port = parse_address(listen)
                 peer_host = (
                     writer.get_extra_info("peername")[0] if host in ("0.0.0.0", "::") else host
                 )
-                self.add_peer(node, peer_host, port)  # dial back: replies need a route
+                back = (peer_host, port)  # dialled once an envelope of node's is authentic
             while True:
                 line = await reader.readline()
                 if not line:
@@ -266,7 +281,11 @@ class TcpTransport(Transport):
                 line = line.rstrip(b"\n")
                 if line:
                     self._stats["received"] += 1
-                    self.deliver(node, line)
+                    self._delivering = (node, back)
+                    try:
+                        self.deliver(node, line)
+                    finally:
+                        self._delivering = None
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a bad or broken connection: drop it, keep serving

@@ -103,6 +103,12 @@ class Transport(ABC):
         """Counters for `yool cluster status` (no secrets)."""
         return {}
 
+    def authenticated(self, node: str) -> None:
+        """The gateway verified an envelope from `node`, inside the `on_envelope` call that
+        delivered it: a transport may now trust what that connection said about `node`
+        (e.g. TCP dials back the address its hello gave). Default: nothing."""
+        return None
+
     # -- for implementations ---------------------------------------------------
 
     def deliver(self, node: str, data: bytes) -> None:
