@@ -92,6 +92,10 @@ class Yool {
   client: LanguageClient | undefined;
   ps: Ps | undefined;
   private lastSeq = 0;
+  private following = false;
+  private reported = "";
+  private startedWith: string | undefined;
+  private queue: Promise<void> = Promise.resolve();
   private readonly mcpChanged = new vscode.EventEmitter<void>();
 
   constructor(
@@ -118,13 +122,17 @@ class Yool {
     });
   }
 
-  /** The settings' `YOOL_*` variables; problems are logged and shown once per start. */
+  /** The settings' `YOOL_*` variables; with `report`, new problems are logged and shown. */
   env(report: boolean): Record<string, string> {
     const config = vscode.workspace.getConfiguration("yool");
     const { env, problems } = settingsEnv((key) => config.get(key));
-    if (report && problems.length > 0) {
+    const text = problems.join("; ");
+    if (report && text !== this.reported) {
+      this.reported = text; // each new set of problems is shown once, not on every restart
       for (const p of problems) this.log.warn(p);
-      void vscode.window.showWarningMessage(`yool: ${problems.length} setting(s) ignored: ${problems.join("; ")}`);
+      if (problems.length > 0) {
+        void vscode.window.showWarningMessage(`yool: ${problems.length} setting(s) ignored: ${text}`);
+      }
     }
     return env;
   }
@@ -155,12 +163,14 @@ class Yool {
 
   async start(): Promise<void> {
     const found = this.resolve();
+    this.startedWith = this.serverKey();
     if (!found.found) {
       this.log.error(`${found.problem} Looked at: ${found.tried.join(", ")}`);
       this.notRunning(found.problem);
       void this.offerFix(found.problem);
       return;
     }
+    this.following = false;
     this.log.info(`starting ${found.path} server --lsp (found via ${found.source})`);
     this.showStatus(startingView());
     const folders = this.folders();
@@ -197,15 +207,31 @@ class Yool {
       return;
     }
     await this.refresh();
-    if (vscode.workspace.getConfiguration("yool").get<boolean>("trace.follow", true)) {
-      try {
+    await this.applyFollow();
+  }
+
+  /** Ask for `yool/trace` notifications as the `yool.trace.follow` setting says. */
+  async applyFollow(): Promise<void> {
+    const client = this.client;
+    if (!client || !client.isRunning()) return;
+    const follow = vscode.workspace.getConfiguration("yool").get<boolean>("trace.follow", true);
+    if (follow === this.following) return;
+    try {
+      if (follow) {
         const recent = await client.sendRequest<{ events: TraceEvent[] }>(opMethod("trace"), { n: 50 });
         this.appendTrace(recent.events);
-        await client.sendRequest(REQUEST_TRACE_FOLLOW, { follow: true });
-      } catch (error) {
-        this.log.warn(failureText("trace", error));
       }
+      await client.sendRequest(REQUEST_TRACE_FOLLOW, { follow });
+      this.following = follow;
+    } catch (error) {
+      this.log.warn(failureText("traceFollow", error));
     }
+  }
+
+  /** What the servers are started with: a change of it restarts them. */
+  serverKey(): string {
+    const found = this.resolve();
+    return JSON.stringify([found.found ? found.path : found.problem, this.env(false), this.folders()[0] ?? ""]);
   }
 
   async stop(): Promise<void> {
@@ -223,6 +249,17 @@ class Yool {
   async restart(): Promise<void> {
     await this.stop();
     await this.start();
+  }
+
+  /** A restart after any start or restart already under way. */
+  restartQueued(): Promise<void> {
+    return this.enqueue(() => this.restart());
+  }
+
+  /** Run `step` after the steps queued before it; a failure is logged and ends no later step. */
+  private enqueue(step: () => Promise<void>): Promise<void> {
+    this.queue = this.queue.then(step).catch((error) => this.log.error(failureText("server", error)));
+    return this.queue;
   }
 
   private async offerFix(problem: string): Promise<void> {
@@ -294,9 +331,21 @@ class Yool {
     );
   }
 
+  /**
+   * A setting or workspace folder changed: restart the servers only when what they are started
+   * with changed (a restart ends the session's live agents: they resume from the Agents view).
+   */
   settingsChanged(): void {
-    this.mcpChanged.fire();
-    void this.restart();
+    void this.enqueue(async () => {
+      this.env(true);
+      if (this.serverKey() === this.startedWith) {
+        await this.applyFollow();
+        return;
+      }
+      this.log.info("the yool settings changed: restarting the server");
+      this.mcpChanged.fire();
+      await this.restart();
+    });
   }
 }
 
@@ -453,7 +502,7 @@ export function activate(context: vscode.ExtensionContext): void {
     command("yool.resume", (node?: AgentNode) => act(y, "resume", node)),
     command("yool.inspect", (node?: AgentNode) => inspect(y, node)),
     command("yool.showTrace", () => trace.show(true)),
-    command("yool.restartServer", () => y.restart()),
+    command("yool.restartServer", () => y.restartQueued()),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration("yool")) y.settingsChanged();
     }),
@@ -461,7 +510,7 @@ export function activate(context: vscode.ExtensionContext): void {
   );
   current = y;
   y.registerMcp();
-  void y.start(); // activation does not wait for the server: the commands are there already
+  void y.restartQueued(); // activation does not wait for the server: the commands are there already
 }
 
 let current: Yool | undefined;
