@@ -53,6 +53,7 @@ class Served:
         self.progress: list[tuple[Any, dict[str, Any]]] = []  # (token, value)
         self.created: list[Any] = []  # tokens the server asked the client to create
         self.shown: list[lsp.ShowMessageParams] = []
+        self.logged: list[lsp.LogMessageParams] = []
         self.stderr: list[str] = []
         self.init: lsp.InitializeResult | None = None
         self.returncode: int | None = None
@@ -77,6 +78,10 @@ class Served:
         @c.feature(lsp.WINDOW_SHOW_MESSAGE)
         def shown(params: lsp.ShowMessageParams) -> None:
             self.shown.append(params)
+
+        @c.feature(lsp.WINDOW_LOG_MESSAGE)
+        def logged(params: lsp.LogMessageParams) -> None:
+            self.logged.append(params)
 
     @property
     def proc(self) -> asyncio.subprocess.Process:
@@ -304,6 +309,23 @@ def test_the_workspace_is_the_clients_first_workspace_folder(tmp_path: Path) -> 
             assert f"does not exist in the workspace {root.resolve()}" in e.message
             ok = await s.request("yool/spawn", {"task": "t", "paths": ["here.txt"]})
             assert ok["pid"] > 0
+
+    run(main)
+
+
+def test_a_workspace_folder_that_is_no_directory_is_logged_and_the_cwd_used(
+    tmp_path: Path,
+) -> None:
+    gone = tmp_path / "gone"
+    cwd = tmp_path.resolve()
+
+    async def main() -> None:
+        async with served(tmp_path, root=gone) as s:
+            warned = await until(lambda: [m for m in s.logged if str(gone) in m.message])
+            assert warned[0].type == lsp.MessageType.Warning
+            assert "is not a directory" in warned[0].message
+            e = await s.error("yool/spawn", {"task": "t", "paths": ["missing"]})
+            assert f"workspace {cwd}" in e.message  # the server's cwd
 
     run(main)
 
