@@ -8,14 +8,18 @@ looked at. A template without one, or whose buckets are wide, is answered from a
 id)` for numbers and for strings; a range or prefix is two bisects): the planner counts each
 candidate set (O(log n)) and takes the narrowest, then checks the rest of the template on
 those candidates only. So `in`/`rd` cost does not grow with the tuples that cannot match; only
-an all-wildcard template walks its arity. Type and sorted indexes are built for an (arity,
-position) the first time a template needs one (one pass), then kept up to date by every `out`
-and take, so lanes only ever queried by equality pay nothing for them.
+an all-wildcard template walks its arity. Type and sorted indexes are made for an (arity,
+position) the first time a template needs one, then kept up to date by every `out` and take,
+so lanes only ever queried by equality pay nothing for them. On a big lane that first build
+runs as a task in time-boxed slices (`_Lane.index`), never in one pass on the event loop;
+until it is ready, queries are answered exactly from the other sources, and `in_`, `rd` and
+`prepare` wait for it without blocking.
 
 `in` takes the oldest matching tuple (ids grow with arrival): bucket, type and arity sources
-are walked oldest first and stop at the first match; a sorted index yields value order, so
-every candidate in its slice is checked and the smallest id wins (the planner prefers an
-arrival-order source when counts tie). `examined` counts the candidates checked.
+are walked oldest first and stop at the first match. A sorted index keeps, over its blocks,
+each block's count and smallest id in a segment tree, so a wide range's tuples also come
+oldest first (O(log n) each) and `in` on a range costs the same however many tuples it holds
+(`examined` counts the candidates checked).
 
 `in` and `rd` may block, with a timeout, until a matching tuple is `out`: an `out` first offers
 its tuple to the lane's waiters in arrival order (every matching `rd` sees it, the first
@@ -25,9 +29,12 @@ tuple is ever lost.
 
 A lane declared durable writes every tuple to the store (`tuple_rows`) and removes it when
 taken, through the store's writer thread; `load` brings durable lanes back after a restart.
-`out` on a durable lane returns once the tuple is committed; a take is deleted on the next
-group commit, so after a crash a durable lane is at-least-once: a tuple taken in the last
-moments may come back.
+`out` on a durable lane returns once the tuple is committed, and so does `in_`: the take is on
+disk before the taker sees the tuple, so after a crash it is never handed out a second time
+(a taker cancelled while it commits gives it back). The synchronous `inp`/`inp_many` commit
+their takes with the next group commit (a take in the last milliseconds before a crash may
+come back); work that must not run twice is claimed instead (`claim_many`: the task moves to
+a claims lane in one write, and `settle` drops the claim and puts the result in one write).
 
 Access to a lane is a capability of kind `lane` (rights `read`, `take`, `write`) over a lane
 name or a `prefix*` pattern; derived capabilities may add `{"lane": pattern}` caveats. The
@@ -423,8 +430,9 @@ class _TypeIndex:
 class _SortedIndex:
     """One position's numbers (bools excluded) or strings, as sorted (value, id) pairs.
 
-    The pairs sit in blocks of `_BLOCK`..`2 * _BLOCK` (a block list, like `sortedcontainers`,
-    whose bisects find a value in O(log n)); over the blocks a segment tree keeps each subtree's
+    The pairs sit in blocks of `_BLOCK`..`2 * _BLOCK` (a block list, like `sortedcontainers`'
+    `SortedList`, which cannot carry the per-block smallest id this needs; bisects find a
+    value in O(log n)); over the blocks a segment tree keeps each subtree's
     pair count and smallest id. So a range is counted in O(log n) (bisect its two ends, sum the
     whole blocks between), and its tuples come out oldest first lazily (`oldest`): a heap over
     the tree's nodes by smallest id yields the next oldest id in O(log n) plus one block sort,

@@ -180,7 +180,10 @@ class Template:
     __slots__ = ("arity", "eq", "fields", "preds", "ranges", "types")
 
     def __init__(self, fields: Sequence[Any]) -> None:
-        if isinstance(fields, str | bytes | dict) or not isinstance(fields, Sequence):
+        tf = type(fields)
+        if (tf is not list and tf is not tuple) and (  # the common cases: no ABC check
+            isinstance(fields, str | bytes | dict) or not isinstance(fields, Sequence)
+        ):
             raise TemplateError(
                 f"template: expected a list (null = any field), got {type(fields).__name__}"
             )
@@ -246,9 +249,12 @@ class Template:
         if len(values) != self.arity:
             return False
         for pos, k in self.eq:
-            if key(values[pos]) != k:
+            v = values[pos]
+            tv = type(v)
+            if (v if tv is str or tv is int else key(v)) != k:
                 return False
-        return all(test(values[pos]) for pos, test in self.preds)
+        preds = self.preds
+        return not preds or all(test(values[pos]) for pos, test in preds)
 
     def __repr__(self) -> str:
         return f"Template({self.fields!r})"
