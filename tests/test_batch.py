@@ -311,3 +311,38 @@ def test_a_claimed_task_interrupted_is_started_once_more_marked_then_reported(
     work, claims, out, stats = asyncio.run(life(hang=False))  # a fresh task: once, unmarked
     assert claims == [] and work == [] and len(starts) == 3
     assert out[1] == (1, "the task", "done at start 1")
+
+
+def test_a_claimed_task_whose_handler_fails_is_reported_with_its_result_not_dropped(
+    virtual: Any,
+) -> None:
+    async def main() -> Any:
+        space = TupleSpace()
+        batch = Batch(
+            space,
+            depth=1,
+            branching=4,
+            lane="w",
+            controller=controller(),
+            policy=POLICY,
+            results="w/out",
+        )
+
+        async def handler(agent: Agent, claim: tuple[Any, ...]) -> list[Any]:
+            if claim[1] == "bad":
+                raise RuntimeError("boom")
+            return [claim[0], claim[1], "ok"]
+
+        async def reject(t: tuple[Any, ...], why: str) -> list[Any]:
+            return [t[0], t[1], why]
+
+        for t in ([0, "good"], [1, "bad"], [9, "nobody"]):
+            space.out_nowait("w", t)
+        done = await batch.serve(handler, reject=reject)
+        out = sorted(space.scan("w/out", [None, None, None]))
+        return done, out, space.count("w"), space.count("w/claimed")
+
+    done, out, waiting, claimed = virtual(main())
+    assert (done, waiting, claimed) == (3, 0, 0)
+    assert out[0] == (0, "good", "ok") and out[1] == (1, "bad", "failed: RuntimeError: boom")
+    assert out[2][:2] == (9, "nobody") and "agent index" in out[2][2]

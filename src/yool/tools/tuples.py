@@ -312,7 +312,8 @@ async def _controller(sys: Sys, session: Session, batch_id: str) -> None:
         return [agent.index, task, reason, record.answer]
 
     async def reject(t: Tup, why: str) -> list[Any]:
-        return [*t[:2], f"rejected: {why}" if "interrupted" not in why else why, None]
+        plain = why.startswith(("interrupted", "failed"))  # from the batch: says it all
+        return [*t[:2], why if plain else f"rejected: {why}", None]
 
     try:
         await batch.serve(

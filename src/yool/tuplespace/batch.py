@@ -304,13 +304,19 @@ class Batch:
             agent = await self.acquire(index)
             try:
                 started.add(id(t))
-                if serial:
-                    if agent.lock is None:
-                        agent.lock = asyncio.Lock()
-                    async with agent.lock:
+                try:
+                    if serial:
+                        if agent.lock is None:
+                            agent.lock = asyncio.Lock()
+                        async with agent.lock:
+                            result = await handler(agent, t)
+                    else:
                         result = await handler(agent, t)
-                else:
-                    result = await handler(agent, t)
+                except Exception as e:
+                    if claims is None or reject is None:
+                        raise
+                    # Started, so not retried blindly: reported with its result instead.
+                    result = await reject(t, f"failed: {type(e).__name__}: {e}")
                 agent.tasks += 1
                 if claims is not None:
                     self.space.settle(claims, t, self.results, result)
