@@ -6,6 +6,7 @@ unauthorized traffic refused)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -495,3 +496,77 @@ def test_a_cluster_without_a_key_refuses_to_start_and_says_which_variable(tmp_pa
         load_key(RuntimePolicy(cluster="tcp", cluster_key_file=keyfile))
         == b"a-key-from-a-file-0123"
     )
+
+
+def test_a_peer_that_stops_answering_heartbeats_is_down_though_its_socket_is_open(
+    real: Any,
+) -> None:
+    async def go() -> None:
+        held: list[asyncio.StreamWriter] = []
+        silent = asyncio.Event()
+
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            """Answers heartbeats like a listener until `silent`; then a host gone quiet:
+            it keeps the socket open and reads, but answers nothing."""
+            held.append(writer)
+            with contextlib.suppress(ConnectionError):
+                while line := await reader.readline():
+                    if line == b"\n" and not silent.is_set():
+                        writer.write(b"\n")
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        events: list[tuple[str, bool]] = []
+        async with Kernel() as k:
+            t = TcpTransport("a", peers={"b": ("127.0.0.1", port)}, down_after_s=0.3)
+            gw = Gateway(k, t, KEY)
+            await gw.start()
+            k.events.sinks.append(
+                lambda ev: (
+                    events.append((ev.data["node"], ev.data["up"]))
+                    if ev.kind == "node" and ev.data
+                    else None
+                )
+            )
+            await until(lambda: ("b", True) in events)
+            silent.set()
+            await until(lambda: ("b", False) in events, within_s=5)
+            assert events == [("b", True), ("b", False)]
+            assert not held[0].is_closing()  # the other side never closed its socket
+            await gw.close()
+        for w in held:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+    real(go())
+
+
+def test_remote_kill_and_stop_reach_the_process_and_its_down_comes_back(real: Any) -> None:
+    async def go() -> None:
+        async with (
+            node("b") as (kb, _gb, tb),
+            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
+        ):
+            me = await client(ka)
+            ref = await ga.spawn_proxy(me, "b", "echo", "hi")
+            await me.recv(timeout=5)
+            remote = next(p for p in kb.procs.values() if p.name == "echo@a")
+            assert me.stop(ref)
+            await until(lambda: remote.state == "stopped")
+            assert me.cont(ref)
+            await until(lambda: remote.state != "stopped")
+            assert me.kill(ref)
+            down = (await me.recv(timeout=5, match=lambda b: isinstance(b, Down))).body
+            assert (down.pid, down.reason.kind) == (remote.pid, "killed")
+            # a node may signal only what it was given: b's own processes are not a's to kill
+            other = await client(kb)
+            stray = ga.proxy(me.pid, "b", other.pid)
+            me.kill(stray)
+            await until(lambda: kb_faults(_gb) >= 1)
+            assert other.pid in kb.procs
+
+    def kb_faults(gb: Gateway) -> int:
+        return gb.faults["unauthorized"]
+
+    real(go())

@@ -3,8 +3,11 @@
 Each node listens on one TCP port and dials every peer it knows. A connection carries
 newline-delimited envelopes one way, dialler to listener: the first line is a hello
 (`{"hello": node, "listen": "host:port"}`), then one sealed envelope per line, and an empty
-line as a heartbeat. A listener that hears a hello from a node it has no route to dials it
-back at the address it gave, so only one side needs to be told about the other.
+line as a heartbeat every `down_after_s / 3`, which the listener answers with an empty line:
+a dialler that hears nothing for `down_after_s` treats the connection as lost even if the
+socket looks open (a host that vanished without closing it). A listener that hears a hello
+from a node it has no route to dials it back at the address it gave, once an envelope from
+that node has proved authentic, so only one side needs to be told about the other.
 
 Sending never blocks: each peer has a bounded pending queue drained, in order, by one
 writer task per peer that connects, reconnects with exponential backoff and full jitter,
@@ -52,6 +55,8 @@ class _Peer:
     port: int
     pending: deque[bytes] = field(default_factory=deque)
     waiter: asyncio.Future[bool] | None = None  # the writer, idle: True = data, False = beat
+    heard: float = 0.0  # loop time the listener last answered a heartbeat
+    attempt: int = 0  # reconnects since it last answered (the backoff's exponent)
     up: bool = False
     seen: bool = False  # it has been up at least once
     down: bool = False  # reported down: sends are refused until it is up again
@@ -170,19 +175,19 @@ class TcpTransport(Transport):
 
     async def _pump(self, peer: _Peer) -> None:
         """Connect, say hello, write what is pending in order; reconnect with backoff."""
-        attempt = 0
         while True:
             if self._closed:
                 return
             writer: asyncio.StreamWriter | None = None
             try:
-                reader, writer = await asyncio.open_connection(peer.host, peer.port)
+                async with asyncio.timeout(max(self.down_after_s, 1.0)):  # a vanished host
+                    reader, writer = await asyncio.open_connection(peer.host, peer.port)
                 hello = {"hello": self.node, "listen": f"{self.address[0]}:{self.address[1]}"}
-                writer.write(json.dumps(hello).encode() + b"\n")
+                # the hello, then a heartbeat at once: its answer is what makes the peer up
+                writer.write(json.dumps(hello).encode() + b"\n\n")
                 await writer.drain()
-                attempt = 0
-                self._connected(peer)
-                eof = asyncio.ensure_future(reader.read(1))  # the listener never writes: EOF
+                peer.heard = asyncio.get_running_loop().time()
+                eof = asyncio.ensure_future(self._hear(peer, reader))
                 eof.add_done_callback(functools.partial(_interrupt, peer))
                 try:
                     await self._write_loop(peer, writer, eof)
@@ -190,7 +195,7 @@ class TcpTransport(Transport):
                     eof.cancel()
             except asyncio.CancelledError:
                 raise
-            except (OSError, ConnectionError, EOFError) as e:
+            except (OSError, ConnectionError, EOFError, TimeoutError) as e:
                 log.debug("tcp %s -> %s: %r", self.node, peer.node, e)
             finally:
                 if writer is not None:
@@ -198,13 +203,14 @@ class TcpTransport(Transport):
             if self.closed():  # (a method: mypy would keep the narrowing from above)
                 return
             self._lost(peer)
-            delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
-            attempt = min(attempt + 1, 30)
+            ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**peer.attempt)
+            delay = random.uniform(0, ceiling)  # full jitter
+            peer.attempt = min(peer.attempt + 1, 30)
             self._stats["reconnects"] += 1
             await asyncio.sleep(delay)
 
     async def _write_loop(
-        self, peer: _Peer, writer: asyncio.StreamWriter, eof: asyncio.Future[bytes]
+        self, peer: _Peer, writer: asyncio.StreamWriter, eof: asyncio.Future[None]
     ) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -227,7 +233,19 @@ class TcpTransport(Transport):
                 beat.cancel()
                 peer.waiter = None
             if not data:
-                writer.write(b"\n")  # heartbeat: a dead peer shows up as a failed write
+                if loop.time() - peer.heard > self.down_after_s:
+                    raise TimeoutError(f"no heartbeat from {peer.node} in {self.down_after_s}s")
+                writer.write(b"\n")  # heartbeat; the listener answers each with one
+
+    async def _hear(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
+        """The listener's side of the connection: heartbeat answers until EOF."""
+        loop = asyncio.get_running_loop()
+        if await reader.read(1024):
+            peer.attempt = 0
+            self._connected(peer)  # the listener answered: it is alive, not just accepting
+            peer.heard = loop.time()
+            while await reader.read(1024):
+                peer.heard = loop.time()
 
     def _connected(self, peer: _Peer) -> None:
         if peer.down_timer is not None:
@@ -279,7 +297,9 @@ class TcpTransport(Transport):
                 if not line:
                     return
                 line = line.rstrip(b"\n")
-                if line:
+                if not line:
+                    writer.write(b"\n")  # answer the heartbeat: the dialler sees we live
+                else:
                     self._stats["received"] += 1
                     self._delivering = (node, back)
                     try:
