@@ -143,6 +143,20 @@ class _Protocol(LanguageServerProtocol):
                 return _Answered()
             raise
 
+    def _send_response(
+        self, msg_id: Any, result: Any = None, error: lsp.ResponseError | None = None
+    ) -> None:
+        if error is None and isinstance(result, dict):
+            # An operation's JSON result: written as is (cattrs would walk every value).
+            self._result_types.pop(msg_id, None)
+            self._send_data({"jsonrpc": "2.0", "id": msg_id, "result": result})
+        else:
+            super()._send_response(msg_id, result, error)
+
+    def notify_json(self, method: str, params: dict[str, Any]) -> None:
+        """A notification whose params are plain JSON already."""
+        self._send_data({"jsonrpc": "2.0", "method": method, "params": params})
+
     def handle_message(self, message: Any) -> None:
         if isinstance(message, _Answered):
             return
@@ -257,6 +271,8 @@ def _handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
 
 class YoolLanguageServer(LanguageServer):
     """The LSP server over one session on `policy` (opened on `initialize`)."""
+
+    protocol: _Protocol
 
     def __init__(self, policy: RuntimePolicy, *, environ: Mapping[str, str] | None = None):
         super().__init__(
@@ -523,7 +539,9 @@ class YoolLanguageServer(LanguageServer):
 
         async def send() -> None:
             result = await ps(Call(session, _no_progress, "lsp"), {})
-            self.protocol.notify(AGENTS_CHANGED, result.model_dump(mode="json", exclude_none=True))
+            self.protocol.notify_json(
+                AGENTS_CHANGED, result.model_dump(mode="json", exclude_none=True)
+            )
 
         task = asyncio.ensure_future(send())
         self._tasks.add(task)
@@ -543,7 +561,7 @@ class YoolLanguageServer(LanguageServer):
         if self._dropped:
             params["dropped"] = self._dropped
             self._dropped = 0
-        self.protocol.notify(TRACE, params)
+        self.protocol.notify_json(TRACE, params)
 
 
 def _validated(op: Operation[Any, Any], params: Any) -> BaseModel:
