@@ -123,9 +123,115 @@ def tcp() -> list[dict[str, Any]]:
 
 
 # -- Ray figures: kept by the Ray transport's owner ------------------------------------------
+RAY_ROUNDTRIPS = 1_000
+RAY_SPAWNS = 100
+
+
+async def _ray_setup_b(session: Any) -> None:
+    """Runs in node b's actor (pickled by value from this script): the bench's images."""
+    session.cluster.gateway.export("echo", echo)
+    session.cluster.gateway.export("quit", quit_at_once)
+
+
+async def ray_node_figures(address: str) -> list[dict[str, Any]]:
+    """Node a is this process, a Ray driver with its inbox actor; node b a `YoolNode` actor
+    (a whole Session) pinned to the cluster's second Ray node."""
+    from yool.cluster.ray import RayTransport
+
+    async with Kernel(mailbox_limit=1 << 16) as k:
+        t = RayTransport("a", peers=["b"], address=address, max_pending=1 << 16)
+        gw = Gateway(k, t, KEY)
+        await gw.start()
+        ready: asyncio.Future[Sys] = k.loop.create_future()
+
+        async def client(sys: Sys) -> None:
+            ready.set_result(sys)
+            await asyncio.Event().wait()
+
+        k.init.spawn(client)
+        me = await ready
+        ref = await gw.spawn_proxy(me, "b", "echo")
+        rates = []
+        for _ in range(ROUNDS):
+            t0 = time.perf_counter()
+            for i in range(RAY_ROUNDTRIPS):
+                me.send_nowait(ref, i)
+                await me.recv()
+            rates.append(RAY_ROUNDTRIPS / (time.perf_counter() - t0))
+        spawn_ms = []
+        for _ in range(RAY_SPAWNS):
+            t0 = time.perf_counter()
+            await gw.spawn("b", "quit", reply=me.pid, watch=False)
+            spawn_ms.append((time.perf_counter() - t0) * 1000)
+        await gw.close()
+    rates.sort()
+    spawn_ms.sort()
+    note = "local 2-node ray.cluster_utils.Cluster; a = driver + inbox actor, b = YoolNode actor"
+    return [
+        {
+            "bench": "remote_roundtrips_per_s",
+            "value": statistics.median(rates),
+            "unit": "roundtrips/s",
+            "transport": "ray",
+            "min": rates[0],
+            "max": rates[-1],
+            "roundtrips": RAY_ROUNDTRIPS,
+            "rounds": ROUNDS,
+            "note": note + ", sequential send+reply as actor calls, sealed and verified",
+        },
+        {
+            "bench": "remote_spawn_ms",
+            "value": statistics.median(spawn_ms),
+            "unit": "ms",
+            "transport": "ray",
+            "p90": spawn_ms[int(len(spawn_ms) * 0.9)],
+            "spawns": RAY_SPAWNS,
+            "note": note + ", exported image on b, until its pid is known",
+        },
+    ]
+
+
 def ray_figures() -> list[dict[str, Any]]:
     """Figures of the same shape for `transport: "ray"`; [] when Ray is not installed."""
-    return []
+    import os
+    import tempfile
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # stay on 127.0.0.1
+    try:
+        import ray
+        from ray.cluster_utils import Cluster
+    except ImportError:
+        return []
+    from ray import cloudpickle
+
+    from yool.cluster import ray as yray
+
+    if __name__ != "__main__":  # imported: b's actor cannot import this script by name
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    small = {"num_cpus": 1, "object_store_memory": 80 << 20, "node_ip_address": "127.0.0.1"}
+    t0 = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
+    try:
+        b = cluster.add_node(**small)
+        ray.init(address=cluster.address, namespace=yray.NAMESPACE, log_to_driver=False)
+        start_s = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as home:
+            env = {"YOOL_HOME": home, "YOOL_CLUSTER_KEY": KEY.decode(), "YOOL_PROVIDER": "scripted"}
+            t0 = time.perf_counter()
+            node_b = yray.start_node("b", ray_node=b.node_id, env=env, setup=_ray_setup_b)
+            node_s = time.perf_counter() - t0
+            try:
+                figures = asyncio.run(ray_node_figures(cluster.address))
+            finally:
+                yray.stop_node(node_b)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    for figure in figures:
+        figure["cluster_start_s"] = round(start_s, 1)
+        figure["node_start_s"] = round(node_s, 1)
+    return figures
 
 
 # -- end of the Ray block ---------------------------------------------------------------------

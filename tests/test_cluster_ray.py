@@ -156,6 +156,70 @@ async def _peer_up(client: Any, node: str, within_s: float = 30) -> None:
             await asyncio.sleep(0.1)
 
 
+async def echo(sys: Any, boot: Any) -> None:
+    """Exported image: echoes to its requester until told to stop."""
+    while True:
+        msg = await sys.recv()
+        if msg.body == "stop":
+            return
+        await sys.send(boot.reply, {"echo": msg.body})
+
+
+def test_ray_transport_delivers_in_order_refuses_when_full_and_reports_a_dead_actor(
+    cluster: RayCluster, real: Any
+) -> None:
+    from yool.cluster.gateway import Gateway
+    from yool.kernel import Down, Kernel, KernelError, Sys
+
+    async def client(k: Kernel) -> Sys:
+        started: asyncio.Future[Sys] = asyncio.get_running_loop().create_future()
+
+        async def main(sys: Sys) -> None:
+            started.set_result(sys)
+            await asyncio.Event().wait()
+
+        k.init.spawn(main, name="client")
+        return await started
+
+    async def go() -> None:
+        # Two driver-side nodes in this process, each with its inbox actor on the head node.
+        async with Kernel() as ka, Kernel() as kb:
+            ta = yray.RayTransport("ta", peers=["tb", "nowhere"], max_pending=256)
+            tb = yray.RayTransport("tb", down_after_s=0.5)
+            ga, gb = Gateway(ka, ta, KEY.encode()), Gateway(kb, tb, KEY.encode())
+            gb.export("echo", echo)
+            await gb.start()
+            await ga.start()
+            me = await client(ka)
+            ref = await ga.spawn_proxy(me, "tb", "echo")
+            for i in range(200):  # more than one batch in flight at a time: still in order
+                me.send_nowait(ref, i)
+            got = [(await me.recv(timeout=30)).body for _ in range(200)]
+            assert got == [{"echo": i} for i in range(200)]
+            # b learned its route back from what a sent: both see each other up
+            assert {p.node: p.up for p in tb.peers()} == {"ta": True}
+            # a node that never came up: its queue holds max_pending, then refuses the new one
+            assert all(ta.send("nowhere", b"x") for _ in range(256))
+            assert not ta.send("nowhere", b"x")
+            assert {p.node: p.pending for p in ta.peers()}["nowhere"] == 256
+            assert ta.stats()["refused"] == 1
+            # b goes away (its inbox actor ends): a's monitor gets noconnection promptly
+            me.monitor(ref)
+            t0 = time.monotonic()
+            await gb.close()
+            down = (await me.recv(timeout=15, match=lambda b: isinstance(b, Down))).body
+            assert (down.node, down.reason.kind) == ("tb", "noconnection")
+            assert time.monotonic() - t0 < 5
+            with pytest.raises(KernelError, match="unreachable or backlogged"):
+                me.send_nowait(ref, "anyone?")
+            await ga.close()
+            # what was pending for "nowhere" (and anything still queued for b) is dropped
+            assert ta.stats()["dropped"] >= 256
+            assert all(p.pending == 0 for p in ta.peers())
+
+    real(go())
+
+
 def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node_is_removed(
     cluster: RayCluster, real: Any, tmp_path: Path
 ) -> None:

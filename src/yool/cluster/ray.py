@@ -37,7 +37,7 @@ import os
 import random
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -425,10 +425,17 @@ class YoolNodeImpl:
     Start with `start_node`; `call(op, args)` runs one operation of the table on its session
     (as `yool server` would for an MCP client), `stop()` closes the session."""
 
-    def __init__(self, node: str, env: Mapping[str, str], workspace: str | None) -> None:
+    def __init__(
+        self,
+        node: str,
+        env: Mapping[str, str],
+        workspace: str | None,
+        setup: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
         self.node = node
         self.env = dict(env)
         self.workspace = workspace
+        self.setup = setup
         self.session: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self.started = asyncio.Event()
@@ -455,6 +462,8 @@ class YoolNodeImpl:
         finally:
             _hosting = None
         self._stack = stack
+        if self.setup is not None:  # e.g. export more images on this node's gateway
+            await self.setup(self.session)
         self.started.set()
         return {"node": self.node, "ray_node": _here(), "pid": os.getpid()}
 
@@ -517,16 +526,19 @@ def start_node(
     ray_node: str | None = None,
     env: Mapping[str, str] | None = None,
     workspace: str | None = None,
+    setup: Callable[[Any], Awaitable[None]] | None = None,
     timeout_s: float = 120.0,
 ) -> Any:
     """Start yool node `node` as a `YoolNode` actor (pinned to Ray node `ray_node` if given)
     and wait until its session is up; returns the actor handle. `env` is its YOOL_* settings
-    (YOOL_HOME, YOOL_CLUSTER_KEY...). Call from a Ray driver (`connect` first)."""
+    (YOOL_HOME, YOOL_CLUSTER_KEY...); `setup(session)`, if given, runs in the actor once the
+    session is up, before peers are told it is ready (Ray pickles it to the actor). Call from
+    a Ray driver (`connect` first)."""
     ray = _ray()
     options: dict[str, Any] = {"name": actor_name(node), "namespace": NAMESPACE}
     if ray_node is not None:
         options["scheduling_strategy"] = _pinned(ray_node)
-    handle = YoolNode.options(**options).remote(node, dict(env or {}), workspace)
+    handle = YoolNode.options(**options).remote(node, dict(env or {}), workspace, setup)
     ray.get(handle.start.remote(), timeout=timeout_s)
     return handle
 
