@@ -150,7 +150,7 @@ class Yool {
     this.tree.update(ps);
     const live = liveCount(ps);
     this.view.badge = live > 0 ? { value: live, tooltip: `${live} live agent(s)` } : undefined;
-    this.view.message = ps.agents.length === 0 ? "No agents yet: spawn one from the title bar." : undefined;
+    this.view.message = undefined; // an empty view shows its welcome content (package.json)
     this.showStatus(statusView(ps));
   }
 
@@ -206,7 +206,7 @@ class Yool {
       this.notRunning(failureText("server", error));
       return;
     }
-    await this.refresh();
+    await this.refresh(false);
     await this.applyFollow();
   }
 
@@ -281,7 +281,8 @@ class Yool {
   }
 
   /** Send `yool/<op>`; on failure show the server's message (it names the field) and return undefined. */
-  async request<T>(op: string, params: Record<string, unknown>, method = opMethod(op)): Promise<T | undefined> {
+  async request<T>(op: string, params: Record<string, unknown>, method = opMethod(op), wait = true): Promise<T | undefined> {
+    if (wait) await this.queue; // a command run while the server starts waits for it
     const client = this.client;
     if (!client || !client.isRunning()) {
       void vscode.window.showErrorMessage("yool is not running: run “yool: Restart Server” (see the yool Server output).");
@@ -297,8 +298,9 @@ class Yool {
     }
   }
 
-  async refresh(): Promise<void> {
-    const ps = await this.request<Ps>("ps", {});
+  /** `wait` false: called from within a start, which must not wait for itself. */
+  async refresh(wait = true): Promise<void> {
+    const ps = await this.request<Ps>("ps", {}, opMethod("ps"), wait);
     if (ps) this.update(ps);
   }
 
