@@ -407,33 +407,57 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
         slow.stop()
 
 
-def test_mcp_fanout_with_node_any_spreads_over_both_nodes(real: Any, tmp_path: Path) -> None:
+def test_mcp_fanout_of_sandboxed_runs_with_node_any_spreads_over_both_nodes(
+    real: Any, tmp_path: Path
+) -> None:
+    """Agents placed with node="any" each run code in their node's sandbox: half on a,
+    half on b, every run's output seen by the model of the node it ran on."""
+    from yool.testing import FakeProvider, Script, Turn
+    from yool.testing.fake_provider import ThreadedFakeProvider
+
+    def script() -> Script:
+        code = "import os\nprint('sum', 6 * 7, os.getpid() > 1)"
+        return Script([Turn.say("", ("run_code", {"code": code})), Turn.say("ran it")])
+
+    fakes = {name: ThreadedFakeProvider(FakeProvider(script())) for name in "ab"}
+
+    def env(name: str, port: int, peer: int | None) -> dict[str, str]:
+        llm = {
+            "YOOL_PROVIDER": "anthropic",
+            "ANTHROPIC_API_KEY": f"sk-{name}",
+            "ANTHROPIC_BASE_URL": fakes[name].url,
+        }
+        return _node_env(tmp_path / name, name, port, peer=peer, **llm)  # type: ignore[no-any-return]
+
     pa, pb = free_port(), free_port()
 
     async def go() -> None:
         async with (
-            _mcp_node(tmp_path / "b", _node_env(tmp_path / "b", "b", pb), "legacy") as (_b, _),
-            _mcp_node(tmp_path / "a", _node_env(tmp_path / "a", "a", pa, peer=pb), "legacy") as (
-                a,
-                _,
-            ),
+            _mcp_node(tmp_path / "b", env("b", pb, None), "legacy") as (_b, _),
+            _mcp_node(tmp_path / "a", env("a", pa, pb), "legacy") as (a, _),
         ):
-            for _ in range(50):  # a has dialled b
+            for _ in range(100):  # a has dialled b
                 if any(p["up"] for p in await _peers(a)):
                     break
                 await asyncio.sleep(0.05)
             pids = [
-                (await _call(a, "spawn", task=f"task {i}", node="any", tools=[]))["pid"]
-                for i in range(6)
+                (await _call(a, "spawn", task=f"task {i}", node="any", tools=["code"]))["pid"]
+                for i in range(4)
             ]
-            done = await _call(a, "wait", pids=pids, timeout_s=20)
+            done = await _call(a, "wait", pids=pids, timeout_s=90)
             assert done["done"], done
             where = [s.get("node", "a/").partition("/")[0] for s in done["agents"]]
-            assert sorted(where) == ["a"] * 3 + ["b"] * 3
-            assert {s["answer"] for s in done["agents"]} == {f"Done: task {i}" for i in range(6)}
-            assert all(s["reason"] == "normal" for s in done["agents"])
+            assert sorted(where) == ["a", "a", "b", "b"]
+            assert all((s["reason"], s["answer"]) == ("normal", "ran it") for s in done["agents"])
+        for name in "ab":  # each node's model saw two sandbox runs' real output
+            outputs = [r for r in fakes[name].fake.requests if "sum 42 True" in json.dumps(r.body)]
+            assert len(outputs) == 2, name
 
-    real(go())
+    try:
+        real(go())
+    finally:
+        for fake in fakes.values():
+            fake.stop()
 
 
 async def _peers(client: Any) -> list[dict[str, Any]]:
