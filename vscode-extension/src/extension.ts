@@ -29,7 +29,7 @@ import { NOTIFY_AGENTS, NOTIFY_TRACE, Ps, REQUEST_TRACE_FOLLOW, TraceEvent, opMe
 import { Resolved, resolveYool } from "./resolve";
 import { settingsEnv } from "./settings";
 import { StatusView, startingView, statusView, stoppedView } from "./statusbar";
-import { traceLines } from "./trace";
+import { droppedLine, traceLines } from "./trace";
 
 const DOC_SCHEME = "yool";
 
@@ -196,7 +196,11 @@ class Yool {
     feature.register = (data) =>
       register({ ...data, registerOptions: { ...data.registerOptions, commands: serverCommands(data.registerOptions.commands) } });
     client.onNotification(NOTIFY_AGENTS, (ps: Ps) => this.update(ps));
-    client.onNotification(NOTIFY_TRACE, (params: { events: TraceEvent[] }) => this.appendTrace(params.events));
+    client.onNotification(NOTIFY_TRACE, (params: { events: TraceEvent[]; dropped?: number }) => {
+      const dropped = droppedLine(params.dropped);
+      if (dropped) this.trace.appendLine(dropped);
+      this.appendTrace(params.events);
+    });
     client.onDidChangeState((e) => {
       if (e.newState === State.Stopped && this.client === client) this.notRunning("The server stopped; run “yool: Restart Server”.");
     });

@@ -44,3 +44,9 @@ export function traceLines(events: readonly TraceEvent[], after = 0): { lines: s
     last: fresh.length ? fresh[fresh.length - 1].seq : after,
   };
 }
+
+/** The line for events the server dropped because the channel fell behind. */
+export function droppedLine(dropped: number | undefined): string | undefined {
+  if (!dropped || dropped <= 0) return undefined;
+  return `… ${dropped} event${dropped === 1 ? "" : "s"} dropped by the server (too many to stream; see yool trace)`;
+}

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { CONTEXT_PREFIX, actionRequest, agentNode, agentNodes, reasonKind } from "../src/agents";
 import { Ps } from "../src/protocol";
 import { statusView } from "../src/statusbar";
-import { clock, traceLine, traceLines } from "../src/trace";
+import { clock, droppedLine, traceLine, traceLines } from "../src/trace";
 import { compactCount, dollars, duration } from "../src/format";
 
 const session = { pid: 1, tokens: 1200, usd: 0.25, tool_calls: 3, remaining: { tokens: 1998800, usd: 4.75, tool_calls: 9997, wall_s: null } };
@@ -156,6 +156,13 @@ test("trace batches are shown once each, in order", () => {
   const again = traceLines([ev(3), ev(4)], first.last);
   assert.deepEqual(again.lines.map((l) => l.split("pid 1  ")[1]), ["4"]);
   assert.equal(traceLines([], 4).last, 4);
+});
+
+test("events the server dropped are counted in one line", () => {
+  assert.equal(droppedLine(undefined), undefined);
+  assert.equal(droppedLine(0), undefined);
+  assert.match(droppedLine(1) ?? "", /^… 1 event dropped by the server/);
+  assert.match(droppedLine(12) ?? "", /^… 12 events dropped/);
 });
 
 test("number formats", () => {
