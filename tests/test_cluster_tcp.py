@@ -594,3 +594,44 @@ def test_remote_kill_and_stop_reach_the_process_and_its_down_comes_back(real: An
         return gb.faults["unauthorized"]
 
     real(go())
+
+
+def test_one_machine_loads_none_of_the_cluster_and_spawn_node_says_how_to_turn_it_on(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys as _sys
+
+    probe = """
+import asyncio, sys
+from pathlib import Path
+from yool.policy import RuntimePolicy
+from yool.tools.agents import SpawnArgs, spawn
+from yool.tools.session import Session
+from yool.tools.table import Call, OpError
+
+async def main():
+    policy = RuntimePolicy(home=Path(sys.argv[1]))
+    async with Session.open(policy, workspace=Path(sys.argv[1])) as s:
+        assert s.cluster is None and s.kernel.gateway is None
+        try:
+            await spawn(Call(s), SpawnArgs(task="x", node="b"))
+        except OpError as e:
+            print(e)
+        ok = await spawn(Call(s), SpawnArgs(task="x"))
+        print(ok.pid > 0, "yool.cluster" in sys.modules)
+
+asyncio.run(main())
+"""
+    done = subprocess.run(
+        [_sys.executable, "-c", probe, str(tmp_path)],
+        env=server_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "node: this server is not in a cluster; set YOOL_CLUSTER (tcp or ray)",
+        "True False",
+    ]

@@ -13,9 +13,15 @@ or an image, and what it may do is decided here, from this node's own grants:
 * a peer's `down` is delivered only to a local process that monitors that remote pid.
 
 Envelopes to pid 0 are the control channel: `spawn`/`spawned`, `monitor`/`demonitor`,
-`down` and `signal`. Data envelopes carry `{"s": sender pid, "m": body}` to a pid. Remote
-monitors end with `Down(pid, reason, node)`: the real exit reason when the remote process
-died, `noconnection` when the transport reports its node unreachable.
+`down` and `signal`. Data envelopes carry `{"s": sender pid, "m": body}` to a pid and are
+delivered with sender 0 and the plain body. Remote monitors end with `Down(pid, reason,
+node)`: the real exit reason when the remote process died, `noconnection` when the transport
+reports its node unreachable.
+
+Backpressure across nodes: a remote send never blocks. It is refused at once (`KernelError`)
+when the peer's transport queue is full or the peer is down; a message that reaches a full
+mailbox on the receiving node is dropped there and logged as a fault (the kernel's `post`),
+like a message to a process that died.
 """
 
 from __future__ import annotations
