@@ -449,6 +449,7 @@ class _SortedIndex:
         "mins",
         "mn",
         "pos",
+        "stale",
         "tail",
         "types",
     )
@@ -463,14 +464,13 @@ class _SortedIndex:
         self.cnt: list[int] = [0, 0]
         self.mn: list[float] = [_INF, _INF]
         self.tail: OrderedDict[int, Tup] | None = None  # see `_Lane.index`: set while building
-        self.dirty = True  # while being built, the tree is left stale and made once, by ready()
+        self.dirty = True  # the tree must be remade before it is used (see `_tree`)
+        self.stale: set[int] = set()  # blocks whose leaves in the tree are out of date
 
     # -- upkeep --
 
     def ready(self) -> None:
         self.tail = None
-        self.dirty = False
-        self._rebuild()
 
     def add(self, tid: int, t: Tup) -> None:
         tail = self.tail
@@ -495,13 +495,17 @@ class _SortedIndex:
         if type(v) in self.types:
             self._add((v, tid))
 
+    # The tree is brought up to date lazily, by the queries that use it (`_tree`): an add or
+    # a discard only notes its block in `stale` (a split or a merge, which moves blocks,
+    # sets `dirty`), so outs and takes answered within a block or two never pay for it.
+
     def _add(self, pair: tuple[Any, int]) -> None:
         maxes = self.maxes
         if not maxes:
             self.blocks.append([pair])
             maxes.append(pair)
             self.mins.append(pair[1])
-            self._rebuild()
+            self.dirty = True
             return
         b = bisect_left(maxes, pair)
         if b == len(maxes):
@@ -509,21 +513,12 @@ class _SortedIndex:
         block = self.blocks[b]
         insort(block, pair)
         maxes[b] = block[-1]
-        tid = pair[1]
-        if tid < self.mins[b]:
-            self.mins[b] = tid
+        if pair[1] < self.mins[b]:
+            self.mins[b] = pair[1]
         if len(block) > 2 * _BLOCK:
             self._split(b)
-            return
-        if self.dirty:
-            return
-        i = self.leaves + b
-        cnt, mn = self.cnt, self.mn
-        while i:
-            cnt[i] += 1
-            if tid < mn[i]:
-                mn[i] = tid
-            i >>= 1
+        elif not self.dirty:
+            self.stale.add(b)
 
     def _discard(self, pair: tuple[Any, int]) -> None:
         maxes = self.maxes
@@ -540,18 +535,13 @@ class _SortedIndex:
                 self._merge(b)
             elif not block:
                 self.blocks, self.maxes, self.mins = [], [], []
-                self._rebuild()
+                self.dirty = True
             return
         maxes[b] = block[-1]
-        if self.dirty:
-            return
         # The block's smallest id may have gone: `mins` and the tree keep a lower bound, made
         # exact again when a query opens the block (`oldest`), so a take never rescans one.
-        i = self.leaves + b
-        cnt = self.cnt
-        while i:
-            cnt[i] -= 1
-            i >>= 1
+        if not self.dirty:
+            self.stale.add(b)
 
     def _split(self, b: int) -> None:
         block = self.blocks[b]
@@ -562,7 +552,7 @@ class _SortedIndex:
         self.maxes.insert(b + 1, half[-1])
         self.mins[b] = min(map(_second, block))
         self.mins.insert(b + 1, min(map(_second, half)))
-        self._rebuild()
+        self.dirty = True
 
     def _merge(self, b: int) -> None:
         """Fold a block that has shrunk (or emptied) into a neighbour, splitting if too big."""
@@ -575,12 +565,30 @@ class _SortedIndex:
         self.mins[a] = min(map(_second, joined))
         if len(joined) > 2 * _BLOCK:
             self._split(a)
-        else:
+        self.dirty = True
+
+    def _tree(self) -> None:
+        """Bring the tree up to date: remade after a split or merge, else its stale leaves."""
+        if self.dirty:
             self._rebuild()
+            return
+        stale = self.stale
+        if not stale:
+            return
+        leaves, cnt, mn, blocks, mins = self.leaves, self.cnt, self.mn, self.blocks, self.mins
+        for b in stale:
+            i = leaves + b
+            cnt[i] = len(blocks[b])
+            mn[i] = mins[b]
+            i >>= 1
+            while i:
+                cnt[i] = cnt[2 * i] + cnt[2 * i + 1]
+                left, right = mn[2 * i], mn[2 * i + 1]
+                mn[i] = left if left < right else right
+                i >>= 1
+        stale.clear()
 
     def _rebuild(self) -> None:
-        if self.dirty:
-            return
         n = len(self.blocks)
         leaves = 1
         while leaves < n:
@@ -594,6 +602,8 @@ class _SortedIndex:
             left, right = mn[2 * i], mn[2 * i + 1]
             mn[i] = left if left < right else right
         self.leaves, self.cnt, self.mn = leaves, cnt, mn
+        self.dirty = False
+        self.stale.clear()
 
     # -- queries --
 
@@ -620,6 +630,9 @@ class _SortedIndex:
             return 0
         if bl == br:
             return j - i
+        if br == bl + 1:
+            return len(self.blocks[bl]) - i + j
+        self._tree()
         return len(self.blocks[bl]) - i + self._sum(bl + 1, br) + j
 
     def _sum(self, a: int, b: int) -> int:
@@ -655,6 +668,8 @@ class _SortedIndex:
         its bound exact again (a take may have left it low).
         """
         bl, i, br, j = sp
+        if br > bl + 1:
+            self._tree()
         blocks, leaves, cnt, mn, mins = self.blocks, self.leaves, self.cnt, self.mn, self.mins
         heap: list[tuple[float, int, int, list[int] | None]] = []
         seq = 0
