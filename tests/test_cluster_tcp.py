@@ -390,6 +390,7 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                     "completed",
                     "All done.",
                 )
+                assert agent["tokens"] > 0  # spent on b, reported with its result
                 # the next one is still thinking when node b is killed outright
                 pid2 = (await _call(a, "spawn", task="a long one", node="b", tools=[]))["pid"]
                 os.kill(b_pid, signal.SIGKILL)

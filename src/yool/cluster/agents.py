@@ -122,7 +122,7 @@ class ClusterNode:
             raise
         link.pid = pid
         link.ref = self.gateway.proxy(stub.pid, node, pid)
-        return session.track(
+        record = session.track(
             AgentRecord(
                 pid=stub.pid,
                 task=args.task,
@@ -134,6 +134,10 @@ class ClusterNode:
                 ref=stub.ref,
             )
         )
+        # Its spend is on the serving node's budget: the figures come with its result, not
+        # from the stub's (empty) account here.
+        record.account = None
+        return record
 
     def signal(self, record: AgentRecord, sig: str) -> None:
         """stop, cont, term: forwarded to the remote agent (kill ends the stub locally)."""
@@ -171,7 +175,11 @@ class ClusterNode:
         return record.pid, {"provider": record.provider, "model": record.model}
 
     def agent_result(self, record: AgentRecord, result: AgentResult) -> None:
-        """Session hook: an agent served for a peer finished: its result goes back first."""
+        """Session hook for every `AgentResult`: a remote agent's (relayed by its stub)
+        brings the spend it had there; one served for a peer goes back to it first."""
+        if record.node is not None:
+            record.tokens, record.usd = result.tokens, result.usd
+            return
         served = self._served.get(record.pid)
         if served is None:
             return
