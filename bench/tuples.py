@@ -6,8 +6,8 @@ materialised agents.
 
 Prints `tuple_ops_per_s`, `tuple_ops_per_s_range` (with the first queries' index build and
 the event loop's largest gap meanwhile), `tuple_ops_per_s_wide_range`, `batch_declare_s`,
-`batch_declare_mb` and `lane_drain_s`, one JSON object per line. In memory (no store): these measure the space, not
-SQLite.
+`batch_declare_mb` and `lane_drain_s`, one JSON object per line. In memory (no store): these
+measure the space, not SQLite.
 """
 
 from __future__ import annotations
