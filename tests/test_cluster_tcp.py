@@ -636,3 +636,28 @@ asyncio.run(main())
         "node: this server is not in a cluster; set YOOL_CLUSTER (tcp or ray)",
         "True False",
     ]
+
+
+def test_a_node_restarted_on_another_port_is_answered_at_its_new_address(real: Any) -> None:
+    async def go() -> None:
+        async with node("b") as (kb, _gb, tb):
+            peers = {"b": ("127.0.0.1", tb.address[1])}
+            ports = []
+
+            def downs() -> int:
+                return sum(
+                    1
+                    for e in kb.trace(200)
+                    if e.kind == "node" and e.data == {"node": "a", "up": False}
+                )
+
+            for round_ in range(2):
+                async with node("a", peers=peers) as (ka, ga, ta):  # listens on a fresh port
+                    ports.append(ta.address[1])
+                    me = await client(ka)
+                    await ga.spawn_proxy(me, "b", "echo", f"round {round_}")
+                    assert (await me.recv(timeout=10)).body["hello"] == f"round {round_}"
+                await until(lambda n=round_ + 1: downs() == n)  # b gave the old a up
+            assert ports[0] != ports[1]
+
+    real(go())

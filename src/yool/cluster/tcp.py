@@ -136,13 +136,11 @@ class TcpTransport(Transport):
         only now is the hello's address believed and dialled back (replies need a route),
         so an unauthenticated connection can never make this node dial anywhere."""
         current = self._delivering
-        if (
-            current is not None
-            and current[0] == node
-            and current[1] is not None
-            and node not in self._peers
-        ):
-            self.add_peer(node, *current[1])
+        if current is not None and current[0] == node and current[1] is not None:
+            self.add_peer(node, *current[1])  # new, or restarted on another port
+        peer = self._peers.get(node)
+        if peer is not None and peer.down:
+            peer.down = False  # it is evidently alive: queue for it again while we redial
 
     def closed(self) -> bool:
         return self._closed
@@ -286,7 +284,7 @@ class TcpTransport(Transport):
                 raise ValueError("bad hello")
             listen = hello.get("listen")
             back: tuple[str, int] | None = None
-            if isinstance(listen, str) and node not in self._peers:
+            if isinstance(listen, str):
                 host, port = parse_address(listen)
                 peer_host = (
                     writer.get_extra_info("peername")[0] if host in ("0.0.0.0", "::") else host
