@@ -75,6 +75,7 @@ function usage(row: AgentStatus): string {
 /** The status, with the exit reason once the agent has ended. */
 export function statusText(row: AgentStatus): string {
   if (row.status === "exited" && row.reason) return `exited: ${row.reason}`;
+  if (row.status === "elsewhere") return "running under another yool server";
   return row.status;
 }
 
@@ -116,11 +117,14 @@ export function agentNode(row: AgentStatus): AgentNode {
   };
 }
 
-/** The view's top level: live agents first (newest first), then ended ones (newest first). */
+/**
+ * The view's top level: this session's live agents, then those running under another server,
+ * then ended ones, each newest first.
+ */
 export function agentNodes(ps: Pick<Ps, "agents"> | undefined): AgentNode[] {
   if (!ps) return [];
-  const live = (r: AgentStatus) => (LIVE_STATUSES.has(r.status) ? 0 : 1);
-  const rows = [...ps.agents].sort((a, b) => live(a) - live(b) || b.pid - a.pid);
+  const rank = (r: AgentStatus) => (LIVE_STATUSES.has(r.status) ? 0 : r.status === "elsewhere" ? 1 : 2);
+  const rows = [...ps.agents].sort((a, b) => rank(a) - rank(b) || b.pid - a.pid);
   return rows.map(agentNode);
 }
 

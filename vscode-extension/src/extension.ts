@@ -4,6 +4,7 @@
  * channel, the status bar and the commands to the pure modules next to it.
  */
 
+import { execFile } from "node:child_process";
 import * as vscode from "vscode";
 import {
   ExecuteCommandRequest,
@@ -26,6 +27,7 @@ import {
   spawnTask,
 } from "./commands";
 import { NOTIFY_AGENTS, NOTIFY_TRACE, Ps, REQUEST_TRACE_FOLLOW, TraceEvent, opMethod } from "./protocol";
+import { POLL_MS, StoreAgent, parseStorePs, withOthers } from "./others";
 import { Resolved, resolveYool } from "./resolve";
 import { settingsEnv } from "./settings";
 import { StatusView, startingView, statusView, stoppedView } from "./statusbar";
@@ -96,6 +98,10 @@ class Yool {
   private reported = "";
   private startedWith: string | undefined;
   private queue: Promise<void> = Promise.resolve();
+  /** Agents of other yool servers on this YOOL_HOME (agent mode's MCP server). */
+  private others: StoreAgent[] = [];
+  private yoolPath: string | undefined;
+  private polling = false;
   private readonly mcpChanged = new vscode.EventEmitter<void>();
 
   constructor(
@@ -147,7 +153,7 @@ class Yool {
 
   update(ps: Ps): void {
     this.ps = ps;
-    this.tree.update(ps);
+    this.tree.update(withOthers(ps, this.others));
     const live = liveCount(ps);
     this.view.badge = live > 0 ? { value: live, tooltip: `${live} live agent(s)` } : undefined;
     this.view.message = undefined; // an empty view shows its welcome content (package.json)
@@ -171,6 +177,7 @@ class Yool {
       return;
     }
     this.following = false;
+    this.yoolPath = found.path;
     this.log.info(`starting ${found.path} server --lsp (found via ${found.source})`);
     this.showStatus(startingView());
     const folders = this.folders();
@@ -212,6 +219,32 @@ class Yool {
     }
     await this.refresh(false);
     await this.applyFollow();
+  }
+
+  /**
+   * Read other servers' agents with `yool ps --json` (it reads the store beside running
+   * servers); called while the Agents view is visible, every POLL_MS and on refresh.
+   */
+  pollOthers(): void {
+    const file = this.yoolPath;
+    if (this.polling || !file || !this.client?.isRunning()) return;
+    this.polling = true;
+    const options = { env: { ...process.env, ...this.env(false) }, cwd: this.folders()[0], timeout: 15_000 };
+    execFile(file, ["ps", "--json"], options, (error, stdout) => {
+      this.polling = false;
+      if (error) {
+        // exit 3: no store yet; anything else is logged, the view keeps the session's rows
+        if ((error as { code?: unknown }).code !== 3) this.log.warn(`yool ps --json: ${error.message}`);
+        return;
+      }
+      const rows = parseStorePs(stdout);
+      if (!Array.isArray(rows)) {
+        this.log.warn(rows.problem);
+        return;
+      }
+      this.others = rows;
+      if (this.ps) this.update(this.ps);
+    });
   }
 
   /** Ask for `yool/trace` notifications as the `yool.trace.follow` setting says. */
@@ -306,6 +339,7 @@ class Yool {
   async refresh(wait = true): Promise<void> {
     const ps = await this.request<Ps>("ps", {}, opMethod("ps"), wait);
     if (ps) this.update(ps);
+    this.pollOthers();
   }
 
   // -- MCP ---------------------------------------------------------------------------------
@@ -513,6 +547,15 @@ export function activate(context: vscode.ExtensionContext): void {
       if (e.affectsConfiguration("yool")) y.settingsChanged();
     }),
     vscode.workspace.onDidChangeWorkspaceFolders(() => y.settingsChanged()),
+  );
+  const poll = setInterval(() => {
+    if (view.visible) y.pollOthers();
+  }, POLL_MS);
+  context.subscriptions.push(
+    { dispose: () => clearInterval(poll) },
+    view.onDidChangeVisibility((e) => {
+      if (e.visible) y.pollOthers();
+    }),
   );
   current = y;
   y.registerMcp();

@@ -77,7 +77,7 @@ function fakeVscode(folder: string, withLm: boolean, settings: Record<string, un
       },
       createTreeView: (id: string) => {
         rec.views.push(id);
-        return { dispose() {} };
+        return { dispose() {}, visible: false, onDidChangeVisibility: () => disposable };
       },
       showErrorMessage: async (msg: string) => {
         rec.errors.push(msg);
@@ -138,8 +138,10 @@ async function activate(withLm: boolean, settings: Record<string, unknown> = {})
   const savedPath = process.env.PATH;
   process.env.PATH = folder;
   let ext: { activate: (ctx: unknown) => void; deactivate: () => unknown } | undefined;
+  const context = { subscriptions: [] as { dispose: () => unknown }[], extension: { packageJSON: { version: "0.1.0" } } };
   const close = () => {
     void ext?.deactivate();
+    for (const d of context.subscriptions) d.dispose(); // as VS Code does: timers end too
     process.env.PATH = savedPath;
     loader._load = original;
     fs.rmSync(folder, { recursive: true, force: true });
@@ -147,7 +149,7 @@ async function activate(withLm: boolean, settings: Record<string, unknown> = {})
   try {
     delete require.cache[bundle];
     ext = require(bundle) as typeof ext;
-    ext!.activate({ subscriptions: [], extension: { packageJSON: { version: "0.1.0" } } });
+    ext!.activate(context);
     await new Promise((resolve) => setTimeout(resolve, 200)); // the start is queued
   } catch (e) {
     close();

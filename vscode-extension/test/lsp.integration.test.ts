@@ -25,6 +25,7 @@ import {
 
 import { actionRequest, agentNodes } from "../src/agents";
 import { serverCommands } from "../src/commands";
+import { parseStorePs, withOthers } from "../src/others";
 import { NOTIFY_AGENTS, NOTIFY_TRACE, OperationInfo, Ps, REQUEST_TRACE_FOLLOW, TraceEvent, opMethod } from "../src/protocol";
 import { statusView } from "../src/statusbar";
 import { traceLines } from "../src/trace";
@@ -35,6 +36,7 @@ const skip = fs.existsSync(python)
   ? false
   : `no Python venv at ${python}: create it (python3 -m venv .venv && .venv/bin/pip install -e .) to run the LSP integration test`;
 
+const yoolBin = path.join(repo, ".venv", process.platform === "win32" ? "Scripts\\yool.exe" : "bin/yool");
 const WAIT_MS = 20_000;
 
 /** The environment a user's machine might have, minus anything secret. */
@@ -130,6 +132,18 @@ class Server {
   }
 }
 
+async function initialize(server: Server, workspace: string): Promise<any> {
+  const result = await server.conn.sendRequest("initialize", {
+    processId: process.pid,
+    rootUri: pathToFileURL(workspace).href,
+    workspaceFolders: [{ uri: pathToFileURL(workspace).href, name: "ws" }],
+    capabilities: { window: { workDoneProgress: true } },
+    clientInfo: { name: "yool-extension-test" },
+  });
+  await server.conn.sendNotification("initialized", {});
+  return result;
+}
+
 async function rpcError(p: Promise<unknown>): Promise<ResponseError<unknown>> {
   try {
     await p;
@@ -158,6 +172,7 @@ describe("yool server --lsp, driven over JSON-RPC", { skip, timeout: 120_000 }, 
   let workspace: string;
   let server: Server;
   let fake: { url: string; proc: cp.ChildProcess };
+  let env: Record<string, string>;
   let init: {
     capabilities: { executeCommandProvider?: { commands: string[] }; experimental?: { yool?: { version: number; operations: OperationInfo[] } } };
     serverInfo?: { name: string; version?: string };
@@ -168,16 +183,9 @@ describe("yool server --lsp, driven over JSON-RPC", { skip, timeout: 120_000 }, 
     workspace = path.join(tmp, "ws");
     fs.mkdirSync(workspace);
     fake = await startFake(30); // the live agent waits on it until killed
-    const env = cleanEnv(tmp, { ANTHROPIC_BASE_URL: fake.url, ANTHROPIC_API_KEY: "fake-key-for-the-local-fake" });
+    env = cleanEnv(tmp, { ANTHROPIC_BASE_URL: fake.url, ANTHROPIC_API_KEY: "fake-key-for-the-local-fake" });
     server = new Server(env, tmp);
-    init = await server.conn.sendRequest("initialize", {
-      processId: process.pid,
-      rootUri: pathToFileURL(workspace).href,
-      workspaceFolders: [{ uri: pathToFileURL(workspace).href, name: "ws" }],
-      capabilities: { window: { workDoneProgress: true } },
-      clientInfo: { name: "yool-extension-test" },
-    });
-    await server.conn.sendNotification("initialized", {});
+    init = await initialize(server, workspace);
   });
 
   after(async () => {
@@ -320,5 +328,32 @@ describe("yool server --lsp, driven over JSON-RPC", { skip, timeout: 120_000 }, 
     const shown = await server.until("window/showMessage", () => server.messages.find((m) => m.message.startsWith("yool spawn:")));
     assert.equal(shown.type, 1);
     assert.match(shown.message, /^yool spawn: task: /);
+  });
+
+  test("another server's agent on the same YOOL_HOME is listed from yool ps --json as elsewhere", async () => {
+    // agent mode's MCP server is such a server: its agents are not in this session's ps
+    const other = new Server(env, tmp);
+    try {
+      await initialize(other, workspace);
+      const { pid } = await other.conn.sendRequest<{ pid: number }>(opMethod("spawn"), { task: "agent mode's task", provider: "anthropic" });
+      const out = await new Promise<string>((resolve, reject) =>
+        cp.execFile(yoolBin, ["ps", "--json"], { env, timeout: 30_000 }, (error, stdout) => (error ? reject(error) : resolve(stdout))),
+      );
+      const rows = parseStorePs(out);
+      assert.ok(Array.isArray(rows), JSON.stringify(rows));
+      assert.ok(rows.some((r) => r.pid === pid && r.status === "running"), out);
+      const mine = await server.conn.sendRequest<Ps>(opMethod("ps"), {});
+      assert.ok(!mine.agents.some((a) => a.pid === pid), "the session's own ps does not list it");
+      const merged = withOthers(mine, rows);
+      const node = agentNodes(merged).find((n) => n.pid === pid)!;
+      assert.equal(node.contextValue, "yoolAgent:elsewhere");
+      assert.match(node.description, /^running under another yool server · /);
+      assert.equal(node.children.find((c) => c.label === "task")?.description, "agent mode's task");
+      const inspected = await server.conn.sendRequest<{ pid: number; process?: { status?: string; ended?: number | null } }>(opMethod("inspect"), { pid });
+      assert.equal(inspected.pid, pid);
+      assert.equal(inspected.process?.ended ?? null, null, "the store says it has not ended");
+    } finally {
+      assert.equal(await other.close(), 0);
+    }
   });
 });
