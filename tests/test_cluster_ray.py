@@ -220,7 +220,7 @@ def test_ray_transport_delivers_in_order_refuses_when_full_and_reports_a_dead_ac
     real(go())
 
 
-def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node_is_removed(
+def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node_is_killed(
     cluster: RayCluster, real: Any, tmp_path: Path
 ) -> None:
     from yool.testing import FakeProvider, Script, Turn
@@ -228,25 +228,28 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
 
     # c's agents think for a while, so there is time to talk to them and to remove c under them
     slow = ThreadedFakeProvider(FakeProvider(Script([Turn.say("All done.")]), latency=2.5))
-    c = cluster.cluster.add_node(**SMALL, resources={"yool-c": 1})
-    node_c = yray.start_node(
-        "c",
-        ray_node=c.node_id,
-        env=_yool_env(
-            tmp_path / "c",
-            YOOL_PROVIDER="anthropic",
-            ANTHROPIC_API_KEY="sk-c",
-            ANTHROPIC_BASE_URL=slow.url,
-        ),
-    )
     env = _node_env(tmp_path / "a", "a", YOOL_CLUSTER_PEERS="c", YOOL_RAY_ADDRESS=cluster.address)
+    c_env = _yool_env(
+        tmp_path / "c",
+        YOOL_PROVIDER="anthropic",
+        ANTHROPIC_API_KEY="sk-c",
+        ANTHROPIC_BASE_URL=slow.url,
+    )
 
-    async def on_c(op: str, **args: Any) -> dict[str, Any]:
-        out: dict[str, Any] = await node_c.call.remote(op, args)
-        return out
+    c = cluster.cluster.add_node(**SMALL, resources={"yool-c": 1})  # (main thread only)
 
     async def go() -> None:
+        # yool node c starts on the third Ray node while a's server starts
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(yray.start_node, "c", ray_node=c.node_id, env=c_env)
+        )
         async with _mcp(tmp_path / "a", env, "legacy") as a:
+            node_c = await starting  # a looks c up by name until it exists
+
+            async def on_c(op: str, **args: Any) -> dict[str, Any]:
+                out: dict[str, Any] = await node_c.call.remote(op, args)
+                return out
+
             await _peer_up(a, "c")
             spawned = await _call(a, "spawn", task="summarise the repo", node="c", tools=[])
             pid = spawned["pid"]
@@ -274,10 +277,11 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
                 "completed",
                 "All done.",
             )
-            # the next one is still thinking when c's Ray node is removed
+            # the next one is still thinking when c's Ray node is killed outright (SIGKILL to
+            # its raylet, agents and workers: Ray sees the actor unavailable, not cleanly dead)
             pid2 = (await _call(a, "spawn", task="a long one", node="c", tools=[]))["pid"]
             t0 = time.monotonic()
-            await asyncio.to_thread(cluster.cluster.remove_node, c)
+            await asyncio.to_thread(cluster.cluster.remove_node, c, allow_graceful=False)
             done = await _call(a, "wait", pids=[pid2], timeout_s=30)
             assert done["done"], done
             assert done["agents"][0]["reason"] == "noconnection"

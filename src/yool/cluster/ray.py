@@ -527,17 +527,20 @@ def start_node(
     env: Mapping[str, str] | None = None,
     workspace: str | None = None,
     setup: Callable[[Any], Awaitable[None]] | None = None,
+    detached: bool = False,
     timeout_s: float = 120.0,
 ) -> Any:
     """Start yool node `node` as a `YoolNode` actor (pinned to Ray node `ray_node` if given)
     and wait until its session is up; returns the actor handle. `env` is its YOOL_* settings
     (YOOL_HOME, YOOL_CLUSTER_KEY...); `setup(session)`, if given, runs in the actor once the
-    session is up, before peers are told it is ready (Ray pickles it to the actor). Call from
-    a Ray driver (`connect` first)."""
+    session is up, before peers are told it is ready (Ray pickles it to the actor); a
+    `detached` node outlives its starter. Call from a Ray driver (`connect` first)."""
     ray = _ray()
     options: dict[str, Any] = {"name": actor_name(node), "namespace": NAMESPACE}
     if ray_node is not None:
         options["scheduling_strategy"] = _pinned(ray_node)
+    if detached:  # outlives the driver that started it (stop it with `stop_node`)
+        options["lifetime"] = "detached"
     handle = YoolNode.options(**options).remote(node, dict(env or {}), workspace, setup)
     ray.get(handle.start.remote(), timeout=timeout_s)
     return handle
