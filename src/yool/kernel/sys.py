@@ -313,7 +313,10 @@ class Sys:
     # -- links, monitors, signals ------------------------------------------------
 
     def monitor(self, ref: str) -> None:
-        """Receive `Down(pid, reason)` when the process behind `ref` dies (at once if dead)."""
+        """Receive `Down(pid, reason)` when the process behind `ref` dies (at once if dead).
+
+        Over a `remote` capability: `Down(pid, reason, node)` from the node gateway, with
+        reason `noconnection` if that node becomes unreachable first."""
         p = self._me()
         k = self._k
         try:
