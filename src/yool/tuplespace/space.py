@@ -76,7 +76,7 @@ Bucket = int | OrderedDict[int, None]
 
 INLINE_BUILD: Final = 2048  # an index over at most this many tuples is built at once
 BUILD_SLICE_S: Final = 0.004  # else in slices of at most this long, yielding to the loop
-BUILD_STEP: Final = 256  # tuples put between two looks at the clock
+BUILD_STEP: Final = 64  # tuples put between two looks at the clock
 _BLOCK: Final = 512  # a sorted index's blocks hold 512..1024 pairs
 _FEW: Final = 64  # a range holding at most this many is checked whole, in value order
 _INF: Final = math.inf
@@ -192,8 +192,8 @@ class _Lane:
 
         A missing index over at most `inline` tuples is built here and now (cheap, and from
         then on kept up by every add and remove). A bigger one is built by a task on the loop
-        in slices of `slice_` tuples with a yield between them, so the loop never stalls:
-        the arity's ids are copied once (the snapshot; one C-level copy); while the build runs
+        in time-boxed slices with a yield between them, so the loop never stalls: the
+        snapshot is the arity's ids at the start (their range when dense); while the build runs
         the index takes adds into its `tail` (in arrival order) and applies removes to what
         it holds (a tuple it has not reached yet is skipped when the build finds it gone);
         the snapshot's tuples still present, then the tail, are put in slice by slice (each
@@ -219,11 +219,17 @@ class _Lane:
             ix.ready()
             return ix
         ix.tail = OrderedDict()
-        task = loop.create_task(self._build(arity, (kind, pos), ix, list(rows)))
+        # The snapshot: the arity's ids now. Where they are dense (the usual case) it is just
+        # their range, walked with lookups (no copy at all); else one C-level copy of them.
+        lo, hi = next(iter(rows)), next(reversed(rows))
+        ids: Sequence[int] = range(lo, hi + 1) if hi - lo < 4 * len(rows) else list(rows)
+        task = loop.create_task(self._build(arity, (kind, pos), ix, ids))
         self.building[arity, kind, pos] = task
         return None
 
-    async def _build(self, arity: int, name: tuple[str, int], ix: _Index, ids: list[int]) -> None:
+    async def _build(
+        self, arity: int, name: tuple[str, int], ix: _Index, ids: Sequence[int]
+    ) -> None:
         step, budget = self.space.build_slice, self.space.build_slice_s
         rows = self.by_arity[arity]
         tail = ix.tail
