@@ -177,6 +177,7 @@ class Yool {
       return;
     }
     this.following = false;
+    this.lastSeq = 0; // a new server numbers its events from the start again
     this.yoolPath = found.path;
     this.log.info(`starting ${found.path} server --lsp (found via ${found.source})`);
     this.showStatus(startingView());
@@ -255,6 +256,7 @@ class Yool {
     if (follow === this.following) return;
     try {
       if (follow) {
+        this.trace.appendLine(`-- ${this.yoolPath ?? "yool"} server --lsp started; its events follow --`);
         const recent = await client.sendRequest<{ events: TraceEvent[] }>(opMethod("trace"), { n: 50 });
         this.appendTrace(recent.events);
       }
