@@ -171,6 +171,7 @@ class Yool {
     const found = this.resolve();
     this.startedWith = this.serverKey();
     if (!found.found) {
+      this.yoolPath = undefined;
       this.log.error(`${found.problem} Looked at: ${found.tried.join(", ")}`);
       this.notRunning(found.problem);
       void this.offerFix(found.problem);
@@ -308,7 +309,8 @@ class Yool {
     } else if (pick) {
       const chosen = await vscode.window.showOpenDialog({ canSelectMany: false, openLabel: "Use this yool" });
       if (chosen && chosen[0]) {
-        await vscode.workspace.getConfiguration("yool").update("path", chosen[0].fsPath, vscode.ConfigurationTarget.Workspace);
+        const target = this.folders().length > 0 ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+        await vscode.workspace.getConfiguration("yool").update("path", chosen[0].fsPath, target);
       }
     }
   }
