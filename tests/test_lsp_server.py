@@ -731,3 +731,16 @@ def test_regular_files_as_stdio_and_requests_before_the_initialize_answer(
     assert bodies[2]["result"]["agents"] == []
     assert bodies[3]["result"] is None
     assert bodies[4]["error"]["code"] == -32600  # nothing is served after shutdown
+
+
+def test_end_of_input_before_initialize_ends_the_server_with_status_1(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, *SERVER],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=server_env(tmp_path),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr.decode()
+    assert done.stdout == b""

@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import uuid
@@ -614,11 +615,18 @@ class _PipeWriter:
         return None  # closed by `_stdio` once the last message is out
 
 
+def _pollable(fd: int) -> bool:
+    """A pipe, socket or terminal: epoll can watch it (not a regular file or /dev/null)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
 @contextlib.asynccontextmanager
 async def _stdio() -> AsyncIterator[tuple[Any, Any]]:
     """(reader, writer) on private copies of fds 0 and 1, with fd 0 then reading /dev/null
     and fd 1 writing to stderr, so a stray print or a child process cannot corrupt the
-    protocol. A regular file (not a pipe, socket or terminal) is read on a thread."""
+    protocol. Anything else than a pipe, socket or terminal (a regular file, /dev/null) is
+    read on a thread."""
     loop = asyncio.get_running_loop()
     wire_in = fcntl.fcntl(0, fcntl.F_DUPFD_CLOEXEC, 3)
     wire_out = fcntl.fcntl(1, fcntl.F_DUPFD_CLOEXEC, 3)
@@ -628,23 +636,23 @@ async def _stdio() -> AsyncIterator[tuple[Any, Any]]:
     stream: asyncio.StreamWriter | None = None
     reader: Any
     writer: Any
-    try:
+    if _pollable(wire_in):
         piped = asyncio.StreamReader()
         read_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(piped), in_file
         )
         transports.append(read_transport)
         reader = piped
-    except ValueError:  # a regular file
+    else:
         reader = StdinAsyncReader(in_file)
-    try:
+    if _pollable(wire_out):
         transport, protocol = await loop.connect_write_pipe(
             asyncio.streams.FlowControlMixin, out_file
         )
         transports.append(transport)
         stream = asyncio.StreamWriter(transport, protocol, None, loop)
         writer = _PipeWriter(stream)
-    except ValueError:
+    else:
         writer = StdoutWriter(out_file)
     saved = (os.dup(0), os.dup(1))
     null = os.open(os.devnull, os.O_RDONLY)
