@@ -28,7 +28,6 @@ from pydantic import ValidationError
 from yool.cluster import load_key, make_transport
 from yool.cluster.gateway import Gateway
 from yool.kernel import Down, ExitReason, KernelError, Sys
-from yool.kernel.reasons import NOCONNECTION
 from yool.userland.agents import AgentResult
 
 if TYPE_CHECKING:
@@ -214,7 +213,7 @@ async def _stub(sys: Sys, node: ClusterNode, link: RemoteLink, reply_to: str) ->
         body = msg.body
         if isinstance(body, Down) and body.node == link.node:
             link.ended = True
-            sys.exit(body.reason if body.reason.kind != "noproc" else NOCONNECTION)
+            sys.exit(body.reason)  # its own reason, noconnection, or noproc if b forgot it
         if msg.sender == 0 and isinstance(body, dict) and isinstance(body.get("result"), dict):
             r = body["result"]
             result = AgentResult(
