@@ -211,7 +211,8 @@ def ray_figures() -> list[dict[str, Any]]:
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
     small = {"num_cpus": 1, "object_store_memory": 80 << 20, "node_ip_address": "127.0.0.1"}
     t0 = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={**small, "include_dashboard": False})
+    lean = {"include_dashboard": False, "no_monitor": True, "include_log_monitor": False}
+    cluster = Cluster(initialize_head=True, head_node_args={**small, **lean})
     try:
         b = cluster.add_node(**small)
         ray.init(address=cluster.address, namespace=yray.NAMESPACE, log_to_driver=False)

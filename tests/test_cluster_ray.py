@@ -27,7 +27,7 @@ MARK = f"yool-ray-test-{uuid.uuid4().hex[:12]}"
 # mark in the environment every Ray process inherits, to prove none outlives the tests.
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-os.environ["YOOL_RAY_TEST_MARK"] = MARK
+os.environ["YOOLTEST_RAY_MARK"] = MARK
 
 ray = pytest.importorskip(
     "ray", reason="Ray is an optional extra: pip install 'yool[ray]' to run the Ray tests"
@@ -39,6 +39,8 @@ from yool.cluster import ray as yray  # noqa: E402
 
 KEY = "test-cluster-key-0123456789"
 SMALL = {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "node_ip_address": "127.0.0.1"}
+# No dashboard, autoscaler monitor or log monitor: a head starts in about half the time.
+LEAN_HEAD = {"include_dashboard": False, "no_monitor": True, "include_log_monitor": False}
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -73,12 +75,13 @@ class RayCluster:
 def cluster() -> Iterator[RayCluster]:
     c = Cluster(
         initialize_head=True,
-        head_node_args={**SMALL, "include_dashboard": False, "resources": {"yool-head": 1}},
+        head_node_args={**SMALL, **LEAN_HEAD, "resources": {"yool-head": 1}},
     )
     try:
         b = c.add_node(**SMALL, resources={"yool-b": 1})
         ray.init(address=c.address, namespace=yray.NAMESPACE, log_to_driver=False)
         c.wait_for_nodes()
+        assert len(_marked_pids()) >= 4  # the leak check below sees Ray's processes
         yield RayCluster(c, c.head_node.node_id, b.node_id)
     finally:
         ray.shutdown()
@@ -240,8 +243,15 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
 
     async def go() -> None:
         # yool node c starts on the third Ray node while a's server starts
+        # (its provider is made up front: the SDK's import would otherwise delay the first spawn)
         starting = asyncio.ensure_future(
-            asyncio.to_thread(yray.start_node, "c", ray_node=c.node_id, env=c_env)
+            asyncio.to_thread(
+                yray.start_node,
+                "c",
+                ray_node=c.node_id,
+                env=c_env,
+                setup=lambda session: session.warm("anthropic"),
+            )
         )
         async with _mcp(tmp_path / "a", env, "legacy") as a:
             node_c = await starting  # a looks c up by name until it exists
