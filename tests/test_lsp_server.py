@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,10 +34,10 @@ from pygls.lsp.client import LanguageClient
 from stdio_servers import on_fake_anthropic, server_env, stdio
 from yool import __version__
 from yool.policy import RuntimePolicy
-from yool.server.lsp import raw_converter
+from yool.server.lsp import YoolLanguageServer, raw_converter
 from yool.testing import FakeProvider, Fault, Recorded, Script, Turn
 from yool.testing.fake_provider import ThreadedFakeProvider
-from yool.tools import enabled
+from yool.tools import Args, Call, Operation, Result, enabled
 
 SERVER = ("-m", "yool", "server", "--lsp")
 CALL_S = 20.0  # one request never takes longer than this
@@ -174,6 +175,8 @@ async def served(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(reader, 5)
         assert KEY not in "".join(s.stderr)
+        sent = [s.changed, s.traced, s.progress, [m.message for m in s.shown + s.logged]]
+        assert KEY not in json.dumps(sent, default=str)
 
 
 def run(main: Callable[[], Any], timeout: float = 90) -> Any:
@@ -744,3 +747,56 @@ def test_end_of_input_before_initialize_ends_the_server_with_status_1(tmp_path: 
     )
     assert done.returncode == 1, done.stderr.decode()
     assert done.stdout == b""
+
+
+def test_sigterm_closes_the_session_cleanly_and_the_next_server_sees_its_agents(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with served(tmp_path, stop=False) as s:
+            pid = (await s.request("yool/spawn", {"task": "before the signal"}))["pid"]
+            await s.request("yool/wait", {"pids": [pid], "timeout_s": 20})
+            s.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(s.proc.wait(), CALL_S) == 1  # no shutdown came
+            await asyncio.wait_for(s.client.stop(), CALL_S)
+            assert "Traceback" not in "".join(s.stderr)
+        async with served(tmp_path) as s:
+            agent = _agent(await s.ps(all=True), pid)
+            assert agent is not None and agent["reason"] == "normal"
+
+    run(main)
+
+
+class _NoArgs(Args):
+    pass
+
+
+class _Nothing(Result):
+    pass
+
+
+async def _crash(call: Call, args: _NoArgs) -> _Nothing:
+    raise RuntimeError(f"internals: {KEY}")
+
+
+def test_a_crash_is_32603_internal_error_naming_only_the_operation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In process (no transport): an operation that raises is reported without internals."""
+    policy = RuntimePolicy.load(server_env(tmp_path))
+    server = YoolLanguageServer(policy, environ={})
+    server.operations["boom"] = Operation("boom", "system", "Crash.", _NoArgs, _Nothing, _crash)
+
+    async def main() -> None:
+        await server._open(tmp_path)
+        try:
+            with pytest.raises(JsonRpcException) as caught:
+                await server.call("boom", {})
+            assert caught.value.code == -32603
+            assert caught.value.message == "internal error in boom"
+            assert caught.value.data is None
+        finally:
+            await server.close()
+
+    run(main)
+    assert "internal error in boom" in caplog.text  # the traceback stays in the server's log
