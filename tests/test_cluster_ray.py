@@ -307,7 +307,6 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
 def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
     cluster: RayCluster, real: Any, tmp_path: Path
 ) -> None:
-    node_b = yray.start_node("b", ray_node=cluster.b, env=_yool_env(tmp_path / "b"))
     env = _node_env(tmp_path / "a", "a", YOOL_CLUSTER_PEERS="b", YOOL_RAY_ADDRESS=cluster.address)
     code = (
         "import os, time\n"
@@ -316,7 +315,14 @@ def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
     )
 
     async def go() -> None:
+        # yool node b starts on Ray node b while a's server starts
+        starting = asyncio.ensure_future(
+            asyncio.to_thread(
+                yray.start_node, "b", ray_node=cluster.b, env=_yool_env(tmp_path / "b")
+            )
+        )
         async with _mcp(tmp_path / "a", env, "auto") as a:
+            await starting
             await _peer_up(a, "b")
             pids = [
                 (await _call(a, "spawn", task=f"task {i}", node="any", tools=[]))["pid"]
@@ -335,4 +341,5 @@ def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
     try:
         real(go())
     finally:
-        yray.stop_node(node_b)
+        with contextlib.suppress(ValueError):  # (never started: nothing to stop)
+            yray.stop_node(ray.get_actor(yray.actor_name("b"), namespace=yray.NAMESPACE))
