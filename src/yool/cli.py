@@ -367,7 +367,7 @@ def _lessons(args: argparse.Namespace) -> int:
 COMMANDS: tuple[Command, ...] = (
     Command(
         "server",
-        "serve yool's tools to an MCP client (Claude Code, Codex, VS Code)",
+        "serve yool's tools to an MCP client (Claude Code, Codex, VS Code); --lsp: to an editor",
         _server,
         _server_arguments,
     ),
