@@ -703,3 +703,56 @@ def test_a_durable_take_is_committed_before_the_taker_sees_it(tmp_path: Path) ->
             store.close()
 
     assert asyncio.run(again()) == [("job", 2)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(-20, 20)),
+            st.tuples(st.just("del"), st.integers(0, 10_000)),
+            st.tuples(
+                st.just("ask"),
+                st.tuples(st.integers(-22, 22), st.integers(0, 12), st.booleans(), st.booleans()),
+            ),
+        ),
+        max_size=200,
+    ),
+)
+def test_the_sorted_index_counts_and_yields_a_range_oldest_first_through_splits_and_merges(
+    block: int, steps: list[tuple[str, Any]]
+) -> None:
+    """Tiny blocks, so adds split them and takes merge them: every range's count, value order
+    and oldest-first order stay equal to a brute-force reading of the pairs it holds."""
+    from yool.tuplespace.space import _SortedIndex
+
+    ix = _SortedIndex(0, "num", block=block)
+    ix.ready()
+    held: list[tuple[int, int]] = []  # (value, id)
+    next_id = 1
+    for op, arg in steps:
+        if op == "add":
+            ix.add(next_id, (arg,))
+            held.append((arg, next_id))
+            next_id += 1
+        elif op == "del":
+            if held:
+                v, tid = held.pop(arg % len(held))
+                ix.remove(tid, (v,))
+        else:
+            lo, width, lo_incl, hi_incl = arg
+            rng = (0, "num", lo, lo_incl, lo + width, hi_incl)
+            fit = [
+                (v, tid)
+                for v, tid in held
+                if (v >= lo if lo_incl else v > lo)
+                and (v <= lo + width if hi_incl else v < lo + width)
+            ]
+            sp = ix.span(rng)
+            assert ix.count(sp) == len(fit)
+            assert list(ix.ids(sp)) == [tid for _, tid in sorted(fit)]
+            assert list(ix.oldest(sp)) == sorted(tid for _, tid in fit)
+    assert len(ix) == len(held)
+    whole = ix.span((0, "num", None, True, None, True))
+    assert list(ix.oldest(whole)) == sorted(tid for _, tid in held)

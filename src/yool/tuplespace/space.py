@@ -447,6 +447,7 @@ class _SortedIndex:
     """
 
     __slots__ = (
+        "block",
         "blocks",
         "cnt",
         "dirty",
@@ -460,9 +461,10 @@ class _SortedIndex:
         "types",
     )
 
-    def __init__(self, pos: int, kind: str) -> None:
+    def __init__(self, pos: int, kind: str, block: int = _BLOCK) -> None:
         self.pos = pos
         self.types: frozenset[type] = frozenset((int, float) if kind == "num" else (str,))
+        self.block = block  # blocks hold block..2 * block pairs (fewer after removals)
         self.blocks: list[list[tuple[Any, int]]] = []
         self.maxes: list[tuple[Any, int]] = []  # each block's last pair: bisect these first
         self.mins: list[int] = []  # each block's smallest id
@@ -521,7 +523,7 @@ class _SortedIndex:
         maxes[b] = block[-1]
         if pair[1] < self.mins[b]:
             self.mins[b] = pair[1]
-        if len(block) > 2 * _BLOCK:
+        if len(block) > 2 * self.block:
             self._split(b)
         elif not self.dirty:
             self.stale.add(b)
@@ -536,7 +538,7 @@ class _SortedIndex:
         if i == len(block) or block[i] != pair:
             return  # not indexed yet (a build has not reached it): nothing to undo
         del block[i]
-        if len(block) < _BLOCK // 4:
+        if len(block) < max(1, self.block // 4):
             if len(maxes) > 1:
                 self._merge(b)
             elif not block:
@@ -551,8 +553,8 @@ class _SortedIndex:
 
     def _split(self, b: int) -> None:
         block = self.blocks[b]
-        half = block[_BLOCK:]
-        del block[_BLOCK:]
+        half = block[self.block :]
+        del block[self.block :]
         self.blocks.insert(b + 1, half)
         self.maxes[b] = block[-1]
         self.maxes.insert(b + 1, half[-1])
@@ -569,7 +571,7 @@ class _SortedIndex:
         blocks[a] = joined
         self.maxes[a] = joined[-1]
         self.mins[a] = min(map(_second, joined))
-        if len(joined) > 2 * _BLOCK:
+        if len(joined) > 2 * self.block:
             self._split(a)
         self.dirty = True
 
@@ -674,6 +676,8 @@ class _SortedIndex:
         its bound exact again (a take may have left it low).
         """
         bl, i, br, j = sp
+        if bl >= len(self.blocks):
+            return
         if br > bl + 1:
             self._tree()
         blocks, leaves, cnt, mn, mins = self.blocks, self.leaves, self.cnt, self.mn, self.mins
