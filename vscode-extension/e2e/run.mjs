@@ -296,10 +296,11 @@ async function checkAgentsView(ui, page) {
   await tab.click();
   const pane = page.locator(".pane", { has: page.locator(".pane-header", { hasText: /Agents/i }) });
   await pane.waitFor({ state: "visible", timeout: 10_000 });
-  // The view's message once `yool server --lsp` answered ps (before: the welcome text).
-  await pane.getByText("No agents yet: spawn one from the title bar.").waitFor({ state: "visible", timeout: UI_WAIT_MS });
-  const status = page.locator(".statusbar-item", { hasText: /yool \$/ });
-  await status.first().waitFor({ state: "visible", timeout: 10_000 });
+  // An empty view shows its welcome content; the status bar item shows the session's spend
+  // ("yool $0.00 / $5.00") only once `yool server --lsp` has answered ps.
+  await pane.getByText("No yool agents yet.").waitFor({ state: "visible", timeout: 10_000 });
+  const status = page.locator(".statusbar-item", { hasText: /yool \$\d/ });
+  await status.first().waitFor({ state: "visible", timeout: UI_WAIT_MS });
   log(`Agents view up; status bar: ${(await status.first().innerText()).trim()}`);
   await ui.shot("agents-view-empty");
 
