@@ -304,8 +304,41 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
         slow.stop()
 
 
+@pytest.fixture(scope="module")
+def node_b(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """yool node b: a YoolNode actor (a whole session) pinned to Ray node b."""
+    home = tmp_path_factory.mktemp("b")
+    handle = yray.start_node("b", ray_node=cluster.b, env=_yool_env(home))
+    try:
+        yield handle
+    finally:
+        yray.stop_node(handle)
+
+
+def test_yool_cluster_status_shows_which_ray_nodes_answer(
+    cluster: RayCluster, node_b: Any, tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys as _sys
+
+    env = _node_env(tmp_path, "a", YOOL_CLUSTER_PEERS="b,nowhere", YOOL_RAY_ADDRESS=cluster.address)
+    done = subprocess.run(
+        [_sys.executable, "-m", "yool", "cluster", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]  # a configured peer does not answer
+    found = json.loads(done.stdout)
+    assert found["ray_nodes"] >= 2  # (a node killed by another test may not be noticed yet)
+    assert {p["node"]: p["reachable"] for p in found["peers"]} == {"b": True, "nowhere": False}
+    assert KEY not in done.stdout and found["key"] == "set (redacted)"
+
+
 def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
-    cluster: RayCluster, real: Any, tmp_path: Path
+    cluster: RayCluster, node_b: Any, real: Any, tmp_path: Path
 ) -> None:
     env = _node_env(tmp_path / "a", "a", YOOL_CLUSTER_PEERS="b", YOOL_RAY_ADDRESS=cluster.address)
     code = (
@@ -315,14 +348,7 @@ def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
     )
 
     async def go() -> None:
-        # yool node b starts on Ray node b while a's server starts
-        starting = asyncio.ensure_future(
-            asyncio.to_thread(
-                yray.start_node, "b", ray_node=cluster.b, env=_yool_env(tmp_path / "b")
-            )
-        )
         async with _mcp(tmp_path / "a", env, "auto") as a:
-            await starting
             await _peer_up(a, "b")
             pids = [
                 (await _call(a, "spawn", task=f"task {i}", node="any", tools=[]))["pid"]
@@ -338,8 +364,4 @@ def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
             placed = [r["stdout"].strip() for r in runs]
             assert set(placed) == {cluster.head, cluster.b}, placed
 
-    try:
-        real(go())
-    finally:
-        with contextlib.suppress(ValueError):  # (never started: nothing to stop)
-            yray.stop_node(ray.get_actor(yray.actor_name("b"), namespace=yray.NAMESPACE))
+    real(go())

@@ -379,6 +379,60 @@ def make_transport(policy: RuntimePolicy) -> Transport:
     return transport
 
 
+def status(policy: RuntimePolicy, *, within_s: float = 3.0) -> dict[str, Any]:
+    """For `yool cluster status`: is the Ray cluster at YOOL_RAY_ADDRESS up, and which yool
+    nodes (`yool-node:*` actors, and the peers YOOL_CLUSTER_PEERS names) answer."""
+    import importlib.util
+    import socket
+
+    if importlib.util.find_spec("ray") is None:
+        return {"ok": False, "problem": "YOOL_CLUSTER=ray needs Ray: pip install 'yool[ray]'"}
+    address = policy.ray_address
+    out: dict[str, Any] = {"ray_address": address or ""}
+    ray = _ray()
+    joined = False
+    if not ray.is_initialized():
+        if not address:
+            return {
+                **out,
+                "ok": False,
+                "problem": "set YOOL_RAY_ADDRESS to the cluster's host:port",
+            }
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=within_s).close()
+        except (OSError, ValueError) as e:
+            return {**out, "ok": False, "problem": f"YOOL_RAY_ADDRESS={address}: unreachable ({e})"}
+        connect(address)
+        joined = True
+    try:
+        out["ray_nodes"] = sum(1 for n in ray.nodes() if n.get("Alive"))
+        prefix = actor_name("")
+        names = {
+            str(a["name"])[len(prefix) :]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a.get("namespace") == NAMESPACE and str(a.get("name", "")).startswith(prefix)
+        }
+        names |= {p.strip() for p in policy.cluster_peers.split(",") if p.strip()}
+        rows = []
+        for name in sorted(names):
+            try:
+                handle = ray.get_actor(actor_name(name), NAMESPACE)
+                ray.get(handle.ready.remote(), timeout=within_s)
+                up = True
+            except Exception:  # not there, dead, or not answering in time
+                up = False
+            rows.append({"node": name, "address": f"ray:{actor_name(name)}", "reachable": up})
+        out["peers"] = rows
+        wanted = {p.strip() for p in policy.cluster_peers.split(",") if p.strip()}
+        if not all(r["reachable"] for r in rows if r["node"] in wanted):
+            out["ok"] = False  # (only ever lowered: the caller's other checks stand)
+    finally:
+        if joined:
+            ray.shutdown()
+    return out
+
+
 # -- actors ---------------------------------------------------------------------------
 
 
