@@ -211,11 +211,13 @@ def test_initialize_lists_every_enabled_operation_as_a_command_and_in_experiment
             caps = s.init.capabilities
             assert s.init.server_info == lsp.ServerInfo(name="yool", version=__version__)
             assert caps.execute_command_provider is not None
-            assert list(caps.execute_command_provider.commands) == [f"yool.{o.name}" for o in ops]
+            # The table's order follows module import order, which differs between processes.
+            commands = sorted(caps.execute_command_provider.commands)
+            assert commands == sorted(f"yool.{o.name}" for o in ops)
             assert caps.text_document_sync == lsp.TextDocumentSyncKind.None_
             table = caps.experimental["yool"]
             assert table["version"] == 1
-            assert table["operations"] == [
+            assert sorted(table["operations"], key=lambda o: o["name"]) == [
                 {
                     "name": o.name,
                     "group": o.group,
@@ -223,7 +225,7 @@ def test_initialize_lists_every_enabled_operation_as_a_command_and_in_experiment
                     "blocking": o.blocking,
                     "description": o.description,
                 }
-                for o in ops
+                for o in sorted(ops, key=lambda o: o.name)
             ]
             assert {"yool.ps", "yool.spawn", "yool.wait", "yool.signal", "yool.trace"} <= set(
                 caps.execute_command_provider.commands
