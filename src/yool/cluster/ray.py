@@ -43,7 +43,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from yool.cluster.transport import DEFAULT_DOWN_AFTER_S, DEFAULT_MAX_PENDING, PeerState, Transport
+from yool.cluster.transport import (
+    DEFAULT_DOWN_AFTER_S,
+    DEFAULT_MAX_PENDING,
+    Link,
+    PeerState,
+    QueuedTransport,
+    Transport,
+)
 from yool.sandbox.pool import Config as SandboxConfig
 from yool.sandbox.pool import Pool
 from yool.sandbox.spec import Limits, RunResult, Task
@@ -117,19 +124,12 @@ def _pinned(node_id: str) -> Any:
 
 
 @dataclass(slots=True)
-class _Peer:
-    node: str
-    pending: deque[bytes] = field(default_factory=deque)
+class _Peer(Link):
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    up: bool = False
-    seen: bool = False  # it has been up at least once
-    down: bool = False  # reported down: sends are refused until its actor is back
-    handle: Any = None
-    task: asyncio.Task[None] | None = None
-    down_timer: asyncio.TimerHandle | None = None
+    handle: Any = None  # its actor, once looked up
 
 
-class RayTransport(Transport):
+class RayTransport(QueuedTransport[_Peer]):
     """Envelopes as Ray actor calls; see the module docstring."""
 
     kind = "ray"
@@ -144,17 +144,12 @@ class RayTransport(Transport):
         max_pending: int = DEFAULT_MAX_PENDING,
         down_after_s: float = DEFAULT_DOWN_AFTER_S,
     ) -> None:
-        self.node = node
-        self.max_pending = max_pending
-        self.down_after_s = down_after_s
+        super().__init__(node, max_pending, down_after_s)
         self._address = address
         self._hosted = hosted  # True: a YoolNode actor calls `receive`; False: own inbox
         self._initial = [p for p in (peers or []) if p and p != node]
-        self._peers: dict[str, _Peer] = {}
         self._inbox: Any = None
         self._poll: asyncio.Task[None] | None = None
-        self._closed = False
-        self._stats = {"sent": 0, "received": 0, "refused": 0, "dropped": 0, "reconnects": 0}
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -176,16 +171,7 @@ class RayTransport(Transport):
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        tasks: list[asyncio.Task[None]] = []
-        for peer in self._peers.values():
-            if peer.down_timer is not None:
-                peer.down_timer.cancel()
-            self._stats["dropped"] += len(peer.pending)
-            peer.pending.clear()
-            if peer.task is not None:
-                peer.task.cancel()
-                tasks.append(peer.task)
+        tasks = self._stop_links()
         if self._poll is not None:
             self._poll.cancel()
             tasks.append(self._poll)
@@ -194,9 +180,6 @@ class RayTransport(Transport):
             with contextlib.suppress(Exception):  # peers' watches fail: they see us go
                 _ray().kill(self._inbox)
             self._inbox = None
-
-    def closed(self) -> bool:
-        return self._closed
 
     def add_peer(self, node: str) -> None:
         """Route envelopes for `node` to its actor (looked up by name until it exists)."""
@@ -207,14 +190,8 @@ class RayTransport(Transport):
 
     # -- sending ------------------------------------------------------------------
 
-    def send(self, node: str, data: bytes) -> bool:
-        peer = self._peers.get(node)
-        if self._closed or peer is None or peer.down or len(peer.pending) >= self.max_pending:
-            self._stats["refused"] += 1
-            return False
-        peer.pending.append(data)
+    def _wake(self, peer: _Peer) -> None:
         peer.wake.set()
-        return True
 
     async def _pump(self, peer: _Peer) -> None:
         """Find the peer's actor, watch it, deliver what is pending in order; on its death
@@ -234,7 +211,7 @@ class RayTransport(Transport):
                 peer.handle = None
                 if self.closed():
                     return
-                self._lost(peer, died)
+                self._lost(peer, died=died)
                 self._stats["reconnects"] += 1
             delay = random.uniform(0, min(_LOOKUP_MAX_S, _LOOKUP_BASE_S * 2**attempt))
             attempt = min(attempt + 1, 30)
@@ -287,36 +264,6 @@ class RayTransport(Transport):
         finally:
             watch.cancel()
 
-    def _connected(self, peer: _Peer) -> None:
-        if peer.down_timer is not None:
-            peer.down_timer.cancel()
-            peer.down_timer = None
-        peer.down = False
-        if not peer.up:
-            peer.up = peer.seen = True
-            self.peer_event(peer.node, True)
-
-    def _lost(self, peer: _Peer, died: bool) -> None:
-        peer.up = False
-        if died:
-            if peer.down_timer is not None:
-                peer.down_timer.cancel()
-                peer.down_timer = None
-            if not peer.down:
-                self._give_up(peer)
-        elif peer.down_timer is None and not peer.down and peer.seen:
-            loop = asyncio.get_running_loop()
-            peer.down_timer = loop.call_later(self.down_after_s, self._give_up, peer)
-
-    def _give_up(self, peer: _Peer) -> None:
-        peer.down_timer = None
-        if peer.up or self._closed or peer.down:
-            return
-        peer.down = True
-        self._stats["dropped"] += len(peer.pending)
-        peer.pending.clear()
-        self.peer_event(peer.node, False)
-
     # -- receiving ------------------------------------------------------------------
 
     def receive(self, sender: str, batch: list[bytes]) -> None:
@@ -350,9 +297,6 @@ class RayTransport(Transport):
             PeerState(p.node, p.up, f"ray:{actor_name(p.node)}", len(p.pending))
             for p in self._peers.values()
         ]
-
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats)
 
 
 _HOSTED: dict[str, RayTransport] = {}  # node id -> the transport a YoolNode actor feeds

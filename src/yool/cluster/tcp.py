@@ -29,11 +29,16 @@ import functools
 import json
 import logging
 import random
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from yool.cluster.envelope import MAX_ENVELOPE_BYTES
-from yool.cluster.transport import DEFAULT_DOWN_AFTER_S, DEFAULT_MAX_PENDING, PeerState, Transport
+from yool.cluster.transport import (
+    DEFAULT_DOWN_AFTER_S,
+    DEFAULT_MAX_PENDING,
+    Link,
+    PeerState,
+    QueuedTransport,
+)
 
 log = logging.getLogger("yool.cluster.tcp")
 
@@ -49,22 +54,15 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 @dataclass(slots=True)
-class _Peer:
-    node: str
-    host: str
-    port: int
-    pending: deque[bytes] = field(default_factory=deque)
+class _Peer(Link):
+    host: str = ""
+    port: int = 0
     waiter: asyncio.Future[bool] | None = None  # the writer, idle: True = data, False = beat
     heard: float = 0.0  # loop time the listener last answered a heartbeat
     attempt: int = 0  # reconnects since it last answered (the backoff's exponent)
-    up: bool = False
-    seen: bool = False  # it has been up at least once
-    down: bool = False  # reported down: sends are refused until it is up again
-    task: asyncio.Task[None] | None = None
-    down_timer: asyncio.TimerHandle | None = None
 
 
-class TcpTransport(Transport):
+class TcpTransport(QueuedTransport[_Peer]):
     kind = "tcp"
 
     def __init__(
@@ -78,20 +76,15 @@ class TcpTransport(Transport):
         backoff_base_s: float = 0.05,
         backoff_max_s: float = 2.0,
     ) -> None:
-        self.node = node
-        self.max_pending = max_pending
-        self.down_after_s = down_after_s
+        super().__init__(node, max_pending, down_after_s)
         self.heartbeat_s = max(down_after_s / 3, 0.05)
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self._listen = listen
-        self._peers: dict[str, _Peer] = {}
         self._initial = dict(peers or {})
         self._server: asyncio.Server | None = None
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._closed = False
         self._delivering: tuple[str, tuple[str, int] | None] | None = None
-        self._stats = {"sent": 0, "received": 0, "refused": 0, "dropped": 0, "reconnects": 0}
         self.address: tuple[str, int] = listen
 
     # -- lifecycle ----------------------------------------------------------------
@@ -108,16 +101,7 @@ class TcpTransport(Transport):
     async def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        tasks: list[asyncio.Task[None]] = []
-        for peer in self._peers.values():
-            if peer.down_timer is not None:
-                peer.down_timer.cancel()
-            self._stats["dropped"] += len(peer.pending)
-            peer.pending.clear()
-            if peer.task is not None:
-                peer.task.cancel()
-                tasks.append(peer.task)
+        tasks = self._stop_links()
         if self._server is not None:
             self._server.close()
         for w in list(self._inbound.values()):
@@ -142,9 +126,6 @@ class TcpTransport(Transport):
         if peer is not None and peer.down:
             peer.down = False  # it is evidently alive: queue for it again while we redial
 
-    def closed(self) -> bool:
-        return self._closed
-
     def add_peer(self, node: str, host: str, port: int) -> None:
         """Route envelopes for `node` to host:port (and start dialling it)."""
         if self._closed or node == self.node:
@@ -155,21 +136,15 @@ class TcpTransport(Transport):
                 return
             peer.host, peer.port = host, port  # the writer picks it up at its next dial
             return
-        peer = self._peers[node] = _Peer(node, host, port)
+        peer = self._peers[node] = _Peer(node, host=host, port=port)
         peer.task = asyncio.get_running_loop().create_task(self._pump(peer))
 
     # -- sending ------------------------------------------------------------------
 
-    def send(self, node: str, data: bytes) -> bool:
-        peer = self._peers.get(node)
-        if self._closed or peer is None or peer.down or len(peer.pending) >= self.max_pending:
-            self._stats["refused"] += 1
-            return False
-        peer.pending.append(data)
+    def _wake(self, peer: _Peer) -> None:
         waiter = peer.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
-        return True
 
     async def _pump(self, peer: _Peer) -> None:
         """Connect, say hello, write what is pending in order; reconnect with backoff."""
@@ -245,31 +220,6 @@ class TcpTransport(Transport):
             while await reader.read(1024):
                 peer.heard = loop.time()
 
-    def _connected(self, peer: _Peer) -> None:
-        if peer.down_timer is not None:
-            peer.down_timer.cancel()
-            peer.down_timer = None
-        peer.down = False
-        if not peer.up:
-            peer.up = peer.seen = True
-            self.peer_event(peer.node, True)
-
-    def _lost(self, peer: _Peer) -> None:
-        if peer.up:
-            peer.up = False
-        if peer.down_timer is None and not peer.down and peer.seen:
-            loop = asyncio.get_running_loop()
-            peer.down_timer = loop.call_later(self.down_after_s, self._give_up, peer)
-
-    def _give_up(self, peer: _Peer) -> None:
-        peer.down_timer = None
-        if peer.up or self._closed:
-            return
-        peer.down = True
-        self._stats["dropped"] += len(peer.pending)
-        peer.pending.clear()
-        self.peer_event(peer.node, False)
-
     # -- receiving ------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -319,9 +269,6 @@ class TcpTransport(Transport):
             PeerState(p.node, p.up, f"{p.host}:{p.port}", len(p.pending))
             for p in self._peers.values()
         ]
-
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats)
 
 
 def _set(fut: asyncio.Future[bool], value: bool) -> None:

@@ -42,9 +42,15 @@ The contract every implementation keeps (also in /work/brief/CLUSTER.md):
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger("yool.cluster")
 
 OnEnvelope = Callable[[str, bytes], None]  # (claimed sender node, one envelope's bytes)
 OnPeer = Callable[[str, bool], None]  # (node, up?)
@@ -119,9 +125,7 @@ class Transport(ABC):
         try:
             cb(node, data)
         except Exception:  # the gateway's problem must never break the connection
-            import logging
-
-            logging.getLogger("yool.cluster").exception("on_envelope failed")
+            log.exception("on_envelope failed")
 
     def peer_event(self, node: str, up: bool) -> None:
         """Report a peer up or down to the gateway; never raises into the transport."""
@@ -131,6 +135,106 @@ class Transport(ABC):
         try:
             cb(node, up)
         except Exception:
-            import logging
+            log.exception("on_peer failed")
 
-            logging.getLogger("yool.cluster").exception("on_peer failed")
+
+# -- what the queued transports share ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class Link:
+    """One peer as a queued transport sees it: what waits for it, and whether it is up."""
+
+    node: str
+    pending: deque[bytes] = field(default_factory=deque)
+    up: bool = False
+    seen: bool = False  # it has been up at least once
+    down: bool = False  # reported down: sends are refused until it is up again
+    task: asyncio.Task[None] | None = None  # the one task that delivers to it
+    down_timer: asyncio.TimerHandle | None = None
+
+    def cancel_down_timer(self) -> None:
+        if self.down_timer is not None:
+            self.down_timer.cancel()
+            self.down_timer = None
+
+
+L = TypeVar("L", bound=Link)
+
+
+class QueuedTransport(Transport, Generic[L]):
+    """A transport with one bounded, refusing queue and one delivering task per peer.
+
+    The queue, the refusal rule, the up/down bookkeeping (a down is reported once per
+    outage, `down_after_s` after the link was lost, or at once when the peer is known dead)
+    and the counters are the contract's, so TCP and Ray keep them here, once; a subclass
+    moves the bytes and says when a link is made or lost.
+    """
+
+    def __init__(self, node: str, max_pending: int, down_after_s: float) -> None:
+        self.node = node
+        self.max_pending = max_pending
+        self.down_after_s = down_after_s
+        self._peers: dict[str, L] = {}
+        self._closed = False
+        self._stats = {"sent": 0, "received": 0, "refused": 0, "dropped": 0, "reconnects": 0}
+
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, node: str, data: bytes) -> bool:
+        peer = self._peers.get(node)
+        if self._closed or peer is None or peer.down or len(peer.pending) >= self.max_pending:
+            self._stats["refused"] += 1
+            return False
+        peer.pending.append(data)
+        self._wake(peer)
+        return True
+
+    @abstractmethod
+    def _wake(self, peer: L) -> None:
+        """Something was queued for `peer`: wake its delivering task if it is idle."""
+
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats)
+
+    def _connected(self, peer: L) -> None:
+        peer.cancel_down_timer()
+        peer.down = False
+        if not peer.up:
+            peer.up = peer.seen = True
+            self.peer_event(peer.node, True)
+
+    def _lost(self, peer: L, *, died: bool = False) -> None:
+        """The link to `peer` broke; `died`: the peer itself is known to be gone."""
+        peer.up = False
+        if died:
+            peer.cancel_down_timer()
+            if not peer.down:
+                self._give_up(peer)
+        elif peer.down_timer is None and not peer.down and peer.seen:
+            loop = asyncio.get_running_loop()
+            peer.down_timer = loop.call_later(self.down_after_s, self._give_up, peer)
+
+    def _give_up(self, peer: L) -> None:
+        peer.down_timer = None
+        if peer.up or self._closed or peer.down:
+            return
+        peer.down = True
+        self._stats["dropped"] += len(peer.pending)
+        peer.pending.clear()
+        self.peer_event(peer.node, False)
+
+    def _stop_links(self) -> list[asyncio.Task[None]]:
+        """Close: drop what is pending (counted) and cancel every peer's task (returned, for
+        the caller to await once its own parts are stopped too)."""
+        self._closed = True
+        tasks: list[asyncio.Task[None]] = []
+        for peer in self._peers.values():
+            peer.cancel_down_timer()
+            self._stats["dropped"] += len(peer.pending)
+            peer.pending.clear()
+            if peer.task is not None:
+                peer.task.cancel()
+                tasks.append(peer.task)
+        return tasks
