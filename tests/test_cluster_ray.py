@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from stdio_servers import server_env
+from stdio_servers import server_env, tool_error, tool_result
 
 MARK = f"yool-ray-test-{uuid.uuid4().hex[:12]}"
 # Set before Ray is imported: no usage reporting; a one-host cluster stays on 127.0.0.1; and a
@@ -133,26 +133,10 @@ async def _mcp(home: Path, env: dict[str, str], mode: str) -> AsyncIterator[Any]
         yield client
 
 
-async def _call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content
-    out = r.structured_content
-    assert isinstance(out, dict)
-    return out
-
-
-async def _error(client: Any, tool: str, **args: Any) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    text = r.content[0].text
-    assert isinstance(text, str)
-    return text
-
-
 async def _peer_up(client: Any, node: str, within_s: float = 30) -> None:
     async with asyncio.timeout(within_s):
         while True:
-            metrics = (await _call(client, "metrics"))["metrics"]
+            metrics = (await tool_result(client, "metrics"))["metrics"]
             peers = (metrics.get("cluster") or {}).get("peers", [])
             if any(p["node"] == node and p["up"] for p in peers):
                 return
@@ -261,16 +245,18 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
                 return out
 
             await _peer_up(a, "c")
-            spawned = await _call(a, "spawn", task="summarise the repo", node="c", tools=[])
+            spawned = await tool_result(a, "spawn", task="summarise the repo", node="c", tools=[])
             pid = spawned["pid"]
-            listed = {s["pid"]: s for s in (await _call(a, "ps"))["agents"]}
+            listed = {s["pid"]: s for s in (await tool_result(a, "ps"))["agents"]}
             where, _, remote_pid = listed[pid]["node"].partition("/")
             assert where == "c" and listed[pid]["status"] == "running"
             # on c it is an ordinary agent of c's session (in the actor), started for node a
             there = {s["pid"]: s for s in (await on_c("ps"))["agents"]}
             assert there[int(remote_pid)]["origin"]["node"] == "a"
             # a message from a's client reaches the agent's mailbox on c
-            assert (await _call(a, "send", pid=pid, message="also check the tests"))["delivered"]
+            assert (await tool_result(a, "send", pid=pid, message="also check the tests"))[
+                "delivered"
+            ]
             for _ in range(100):
                 seen = await on_c("inspect", pid=int(remote_pid))
                 if "also check the tests" in str(seen):
@@ -279,7 +265,7 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
             else:
                 raise AssertionError(f"message never reached c: {seen}")
             # it finishes on c: a's wait sees its answer and its true exit reason
-            done = await _call(a, "wait", pids=[pid], timeout_s=30)
+            done = await tool_result(a, "wait", pids=[pid], timeout_s=30)
             assert done["done"], done
             agent = done["agents"][0]
             assert (agent["reason"], agent["result"], agent["answer"]) == (
@@ -289,14 +275,14 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
             )
             # the next one is still thinking when c's Ray node is killed outright (SIGKILL to
             # its raylet, agents and workers: Ray sees the actor unavailable, not cleanly dead)
-            pid2 = (await _call(a, "spawn", task="a long one", node="c", tools=[]))["pid"]
+            pid2 = (await tool_result(a, "spawn", task="a long one", node="c", tools=[]))["pid"]
             t0 = time.monotonic()
             await asyncio.to_thread(cluster.cluster.remove_node, c, allow_graceful=False)
-            done = await _call(a, "wait", pids=[pid2], timeout_s=30)
+            done = await tool_result(a, "wait", pids=[pid2], timeout_s=30)
             assert done["done"], done
             assert done["agents"][0]["reason"] == "noconnection"
             assert time.monotonic() - t0 < 10
-            assert "node: " in await _error(a, "spawn", task="x", node="c", tools=[])
+            assert "node: " in await tool_error(a, "spawn", task="x", node="c", tools=[])
 
     try:
         real(go())
@@ -351,15 +337,15 @@ def test_mcp_agents_and_sandboxed_code_runs_fan_out_over_both_ray_nodes(
         async with _mcp(tmp_path / "a", env, "auto") as a:
             await _peer_up(a, "b")
             pids = [
-                (await _call(a, "spawn", task=f"task {i}", node="any", tools=[]))["pid"]
+                (await tool_result(a, "spawn", task=f"task {i}", node="any", tools=[]))["pid"]
                 for i in range(4)
             ]
-            done = await _call(a, "wait", pids=pids, timeout_s=30)
+            done = await tool_result(a, "wait", pids=pids, timeout_s=30)
             assert done["done"], done
             where = [s.get("node", "a/").partition("/")[0] for s in done["agents"]]
             assert sorted(where) == ["a", "a", "b", "b"]
             assert {s["answer"] for s in done["agents"]} == {f"Done: task {i}" for i in range(4)}
-            runs = await asyncio.gather(*(_call(a, "code_run", code=code) for _ in range(4)))
+            runs = await asyncio.gather(*(tool_result(a, "code_run", code=code) for _ in range(4)))
             assert all(r["reason"] == "exited" and r["exit_code"] == 0 for r in runs), runs
             placed = [r["stdout"].strip() for r in runs]
             assert set(placed) == {cluster.head, cluster.b}, placed

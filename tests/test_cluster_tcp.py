@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from stdio_servers import server_env
+from stdio_servers import server_env, tool_error, tool_result
 from yool.cluster.envelope import seal
 from yool.cluster.gateway import Gateway, RemoteBoot
 from yool.cluster.tcp import TcpTransport
@@ -322,22 +322,6 @@ async def _mcp_node(home: Path, env: dict[str, str], mode: str) -> AsyncIterator
         yield client, int(pidfile.read_text())
 
 
-async def _call(client: Any, tool: str, **args: Any) -> dict[str, Any]:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content
-    out = r.structured_content
-    assert isinstance(out, dict)
-    return out
-
-
-async def _error(client: Any, tool: str, **args: Any) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    text = r.content[0].text
-    assert isinstance(text, str)
-    return text
-
-
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_is_killed(
     real: Any, tmp_path: Path, mode: str
@@ -361,28 +345,30 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
             _,
         ):
             async with _mcp_node(tmp_path / "b", b_env, mode) as (b, b_pid):
-                spawned = await _call(a, "spawn", task="summarise the repo", node="b", tools=[])
+                spawned = await tool_result(
+                    a, "spawn", task="summarise the repo", node="b", tools=[]
+                )
                 pid = spawned["pid"]
-                listed = {s["pid"]: s for s in (await _call(a, "ps"))["agents"]}
+                listed = {s["pid"]: s for s in (await tool_result(a, "ps"))["agents"]}
                 node, _, remote_pid = listed[pid]["node"].partition("/")
                 assert node == "b" and listed[pid]["status"] == "running"
                 # on b it is an ordinary agent of b's session, started for node a
-                there = {s["pid"]: s for s in (await _call(b, "ps"))["agents"]}
+                there = {s["pid"]: s for s in (await tool_result(b, "ps"))["agents"]}
                 assert there[int(remote_pid)]["origin"]["node"] == "a"
                 assert "node" not in there[int(remote_pid)]  # local to b
                 # a message from a's client reaches the agent's mailbox on b
-                assert (await _call(a, "send", pid=pid, message="also check the tests"))[
+                assert (await tool_result(a, "send", pid=pid, message="also check the tests"))[
                     "delivered"
                 ]
                 for _ in range(50):
-                    seen = await _call(b, "inspect", pid=int(remote_pid))
+                    seen = await tool_result(b, "inspect", pid=int(remote_pid))
                     if "also check the tests" in json.dumps(seen):
                         break
                     await asyncio.sleep(0.05)
                 else:
                     raise AssertionError(f"message never reached b: {seen}")
                 # it finishes on b: a's wait sees its answer and its true exit reason
-                done = await _call(a, "wait", pids=[pid], timeout_s=20)
+                done = await tool_result(a, "wait", pids=[pid], timeout_s=20)
                 assert done["done"], done
                 agent = done["agents"][0]
                 assert (agent["reason"], agent["result"], agent["answer"]) == (
@@ -392,14 +378,14 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                 )
                 assert agent["tokens"] > 0  # spent on b, reported with its result
                 # the next one is still thinking when node b is killed outright
-                pid2 = (await _call(a, "spawn", task="a long one", node="b", tools=[]))["pid"]
+                pid2 = (await tool_result(a, "spawn", task="a long one", node="b", tools=[]))["pid"]
                 os.kill(b_pid, signal.SIGKILL)
-                done = await _call(a, "wait", pids=[pid2], timeout_s=20)
+                done = await tool_result(a, "wait", pids=[pid2], timeout_s=20)
                 assert done["done"], done
                 assert done["agents"][0]["reason"] == "noconnection"
-                assert "node: " in await _error(a, "spawn", task="x", node="b", tools=[])
+                assert "node: " in await tool_error(a, "spawn", task="x", node="b", tools=[])
             # an unknown node is a clear error
-            text = await _error(a, "spawn", task="x", node="nowhere", tools=[])
+            text = await tool_error(a, "spawn", task="x", node="nowhere", tools=[])
             assert "no peer node 'nowhere'" in text and "'any'" in text
 
     try:
@@ -442,10 +428,10 @@ def test_mcp_fanout_of_sandboxed_runs_with_node_any_spreads_over_both_nodes(
                     break
                 await asyncio.sleep(0.05)
             pids = [
-                (await _call(a, "spawn", task=f"task {i}", node="any", tools=["code"]))["pid"]
+                (await tool_result(a, "spawn", task=f"task {i}", node="any", tools=["code"]))["pid"]
                 for i in range(4)
             ]
-            done = await _call(a, "wait", pids=pids, timeout_s=90)
+            done = await tool_result(a, "wait", pids=pids, timeout_s=90)
             assert done["done"], done
             where = [s.get("node", "a/").partition("/")[0] for s in done["agents"]]
             assert sorted(where) == ["a", "a", "b", "b"]
@@ -462,7 +448,7 @@ def test_mcp_fanout_of_sandboxed_runs_with_node_any_spreads_over_both_nodes(
 
 
 async def _peers(client: Any) -> list[dict[str, Any]]:
-    metrics = (await _call(client, "metrics"))["metrics"]
+    metrics = (await tool_result(client, "metrics"))["metrics"]
     cluster = metrics.get("cluster") or {}
     peers = cluster.get("peers", [])
     assert isinstance(peers, list)

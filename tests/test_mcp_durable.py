@@ -24,6 +24,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from stdio_servers import tool_error, tool_result
 from yool.testing import FakeProvider, Fault, Recorded, Script, Turn
 from yool.testing.fake_provider import ThreadedFakeProvider
 
@@ -79,24 +80,8 @@ async def _server(ws: Path, env: dict[str, str], mode: Any) -> AsyncIterator[tup
         yield client, int(pidfile.read_text())
 
 
-async def _call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content
-    out = r.structured_content
-    assert isinstance(out, dict)
-    return out
-
-
-async def _error(client: Client, tool: str, **args: Any) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    text = r.content[0].text  # type: ignore[union-attr]
-    assert isinstance(text, str)
-    return text
-
-
 async def _wait(client: Client, pid: int) -> dict[str, Any]:
-    done = await _call(client, "wait", pids=[pid], timeout_s=20)
+    done = await tool_result(client, "wait", pids=[pid], timeout_s=20)
     assert done["done"], done
     agent = done["agents"][0]
     assert isinstance(agent, dict)
@@ -106,9 +91,9 @@ async def _wait(client: Client, pid: int) -> dict[str, Any]:
 async def _first_run(client: Client, server_pid: int) -> dict[str, int]:
     """Three honest exits, then SIGKILL while the durable agent is mid-run."""
     files = {"tools": ["files"]}
-    k = (await _call(client, "spawn", task="task-K: read forever", **files))["pid"]
-    q = await _call(client, "spawn", task="task-Q: read a lot", budget_tokens=3000, **files)
-    c = (await _call(client, "spawn", task="task-C: what is it?", **files))["pid"]
+    k = (await tool_result(client, "spawn", task="task-K: read forever", **files))["pid"]
+    q = await tool_result(client, "spawn", task="task-Q: read a lot", budget_tokens=3000, **files)
+    c = (await tool_result(client, "spawn", task="task-C: what is it?", **files))["pid"]
     pids = {"K": k, "Q": q["pid"], "C": c}
 
     notes: list[str] = []
@@ -122,7 +107,7 @@ async def _first_run(client: Client, server_pid: int) -> dict[str, int]:
     assert waited["agents"][0]["status"] == "running"
     assert len(notes) >= 2 and all("0/1 ended" in n for n in notes), notes  # heartbeats
 
-    waited = await _call(client, "wait", pids=[pids["Q"], c], timeout_s=20)
+    waited = await tool_result(client, "wait", pids=[pids["Q"], c], timeout_s=20)
     assert waited["done"], waited
     by_pid = {a["pid"]: a for a in waited["agents"]}
     assert by_pid[pids["Q"]]["reason"] == "quota(tokens)"
@@ -130,15 +115,15 @@ async def _first_run(client: Client, server_pid: int) -> dict[str, int]:
     assert by_pid[c]["reason"] == "normal"
     assert by_pid[c]["answer"] == "C says 42"
 
-    session_pid = (await _call(client, "ps"))["session"]["pid"]
-    await _call(client, "signal", pid=k, signal="kill")
+    session_pid = (await tool_result(client, "ps"))["session"]["pid"]
+    await tool_result(client, "signal", pid=k, signal="kill")
     assert (await _wait(client, k))["reason"] == f"killed(by={session_pid})"
 
-    d = (await _call(client, "spawn", task="task-D: read them all", **files))["pid"]
+    d = (await tool_result(client, "spawn", task="task-D: read them all", **files))["pid"]
     pids["D"] = d
     deadline = time.monotonic() + 10
     while True:  # its first replies journaled (the transcript follows the journal entry)
-        row = next(a for a in (await _call(client, "ps"))["agents"] if a["pid"] == d)
+        row = next(a for a in (await tool_result(client, "ps"))["agents"] if a["pid"] == d)
         assert row["status"] == "running", row
         if row["steps"] >= D_JOURNALED:
             break
@@ -177,7 +162,7 @@ def test_agents_survive_a_killed_server_and_resume_replay_and_fork_from_their_jo
         slow["D"] = False
 
         async with _server(ws, env, mode) as (client, _):
-            rows = {a["pid"]: a for a in (await _call(client, "ps", all=True))["agents"]}
+            rows = {a["pid"]: a for a in (await tool_result(client, "ps", all=True))["agents"]}
             assert rows[d]["status"] == "interrupted"
             assert rows[d]["reason"] == "interrupted"
             assert rows[pids["C"]]["reason"] == "normal"
@@ -188,27 +173,27 @@ def test_agents_survive_a_killed_server_and_resume_replay_and_fork_from_their_jo
 
             # resume: the journaled steps are answered from the journal, the rest go live
             before = len(_requests(fake, "task-D"))
-            resumed = await _call(client, "resume", pid=d)
+            resumed = await tool_result(client, "resume", pid=d)
             assert resumed["journaled"] == journaled and resumed["origin"] == d
             agent = await _wait(client, resumed["pid"])
             assert (agent["reason"], agent["answer"]) == ("normal", "D is done")
             assert agent["origin"] == {"resumed": d} and agent["steps"] == D_STEPS
             live = [r.position for r in _requests(fake, "task-D")[before:]]
             assert live == list(range(journaled, D_STEPS))  # none of the first `journaled`
-            assert "was resumed as" in await _error(client, "resume", pid=d)
-            assert "pid: no agent 999999" in await _error(client, "resume", pid=999999)
-            assert "use replay or fork" in await _error(client, "resume", pid=pids["C"])
+            assert "was resumed as" in await tool_error(client, "resume", pid=d)
+            assert "pid: no agent 999999" in await tool_error(client, "resume", pid=999999)
+            assert "use replay or fork" in await tool_error(client, "resume", pid=pids["C"])
 
             # replay: the whole run from the journal, not one request at the provider
             sent = fake.fake.count()
-            again = await _call(client, "replay", pid=pids["C"])
+            again = await tool_result(client, "replay", pid=pids["C"])
             agent = await _wait(client, again["pid"])
             assert (agent["reason"], agent["answer"]) == ("normal", "C says 42")
             assert fake.fake.count() == sent
 
             # fork: two steps from the journal, then live with the new instruction
             before = len(_requests(fake, "task-D"))
-            forked = await _call(
+            forked = await tool_result(
                 client, "fork", pid=resumed["pid"], steps=2, instruction=INSTRUCTION
             )
             agent = await _wait(client, forked["pid"])
@@ -216,18 +201,20 @@ def test_agents_survive_a_killed_server_and_resume_replay_and_fork_from_their_jo
             new = _requests(fake, "task-D")[before:]
             assert [r.position for r in new] == list(range(2, D_STEPS))
             assert all(INSTRUCTION in json.dumps(r.body) for r in new)
-            assert "steps: agent" in await _error(client, "fork", pid=pids["C"], steps=2)
+            assert "steps: agent" in await tool_error(client, "fork", pid=pids["C"], steps=2)
 
             # a live agent is neither resumed nor replayed
-            busy = (await _call(client, "spawn", task="task-K: again", tools=["files"]))["pid"]
-            assert "is running" in await _error(client, "resume", pid=busy)
-            assert "once it ends" in await _error(client, "replay", pid=busy)
-            await _call(client, "signal", pid=busy, signal="kill")
+            busy = (await tool_result(client, "spawn", task="task-K: again", tools=["files"]))[
+                "pid"
+            ]
+            assert "is running" in await tool_error(client, "resume", pid=busy)
+            assert "once it ends" in await tool_error(client, "replay", pid=busy)
+            await tool_result(client, "signal", pid=busy, signal="kill")
 
             # an agent refused before its first request has nothing to run from
-            broke = await _call(client, "spawn", task="task-Q: too poor", budget_tokens=1)
+            broke = await tool_result(client, "spawn", task="task-Q: too poor", budget_tokens=1)
             assert (await _wait(client, broke["pid"]))["reason"] == "quota(tokens)"
-            assert "no journaled LLM step" in await _error(client, "replay", pid=broke["pid"])
+            assert "no journaled LLM step" in await tool_error(client, "replay", pid=broke["pid"])
 
     try:
         asyncio.run(main())

@@ -14,13 +14,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import mcp_types as types
 import pytest
 from mcp.client import Client
 
-from stdio_servers import on_fake_anthropic, stdio
+from stdio_servers import on_fake_anthropic, stdio, tool_error, tool_result
 from yool.testing import FakeProvider, Recorded, Script, Turn
 
 LESSONS = ["Run the failing test alone first.", "Pin the lockfile before upgrading."]
@@ -30,20 +29,6 @@ def _respond(rec: Recorded) -> Turn:
     if "You distil a finished AI agent" in json.dumps(rec.body.get("system")):
         return Turn.say(json.dumps([*LESSONS, "The agent fixed it."]))
     return Turn.say("Done: the bug is fixed.")
-
-
-async def _call(client: Client, tool: str, progress: Any = None, **args: Any) -> dict[str, Any]:
-    r = await client.call_tool(tool, args, progress_callback=progress)
-    assert not r.is_error, r.content
-    assert isinstance(r.structured_content, dict)
-    return r.structured_content
-
-
-async def _error(client: Client, tool: str, **args: Any) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    assert isinstance(r.content[0], types.TextContent)
-    return r.content[0].text
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -61,33 +46,35 @@ def test_every_memory_tool_over_stdio_and_lessons_outlive_the_server(
         async with Client(params, mode=mode) as c:
             names = {t.name for t in (await c.list_tools()).tools}
             assert {"lesson_remember", "lesson_recall", "lesson_learn", "lesson_forget"} <= names
-            made = await _call(c, "lesson_remember", text="Quote FTS5 terms.", tags=["sqlite"])
+            made = await tool_result(
+                c, "lesson_remember", text="Quote FTS5 terms.", tags=["sqlite"]
+            )
             assert made["created"] and made["lesson"]["scope"] == here
-            glob = await _call(
+            glob = await tool_result(
                 c, "lesson_remember", text="Keep FTS5 queries short.", scope="global"
             )
-            dup = await _call(c, "lesson_remember", text="quote fts5 TERMS", tags=["search"])
+            dup = await tool_result(c, "lesson_remember", text="quote fts5 TERMS", tags=["search"])
             assert not dup["created"] and dup["lesson"]["tags"] == ["sqlite", "search"]
-            found = (await _call(c, "lesson_recall", query="fts5 terms queries"))["lessons"]
+            found = (await tool_result(c, "lesson_recall", query="fts5 terms queries"))["lessons"]
             assert [x["id"] for x in found] == [made["lesson"]["id"], glob["lesson"]["id"]]
             assert found[0]["uses"] == 1
-            assert "tags:" in await _error(c, "lesson_remember", text="x y", tags=['a b"c'])
-            assert "text: empty" in await _error(c, "lesson_remember", text="   ")
+            assert "tags:" in await tool_error(c, "lesson_remember", text="x y", tags=['a b"c'])
+            assert "text: empty" in await tool_error(c, "lesson_remember", text="   ")
 
-            pid = (await _call(c, "spawn", task="task-M: fix the bug", tools=[]))["pid"]
-            assert (await _call(c, "wait", pids=[pid], timeout_s=20))["done"]
+            pid = (await tool_result(c, "spawn", task="task-M: fix the bug", tools=[]))["pid"]
+            assert (await tool_result(c, "wait", pids=[pid], timeout_s=20))["done"]
             notes: list[str] = []
 
             async def progress(done: float, total: float | None, message: str | None) -> None:
                 notes.append(message or "")
 
-            learned = await _call(c, "lesson_learn", progress, pid=pid)
+            learned = await tool_result(c, "lesson_learn", progress, pid=pid)
             assert [x["text"] for x in learned["lessons"]] == LESSONS
             assert learned["created"] == 2 and learned["lessons"][0]["tags"] == ["learnt"]
             if mode == "legacy":
                 assert notes and "distilling" in notes[0]
-            assert "pid: no agent 999999" in await _error(c, "lesson_learn", pid=999999)
-            rows = (await _call(c, "ps"))["agents"]
+            assert "pid: no agent 999999" in await tool_error(c, "lesson_learn", pid=999999)
+            rows = (await tool_result(c, "ps"))["agents"]
             assert any(r["pid"] == learned["distiller"] for r in rows)
 
             read = await c.read_resource("yool://lessons")
@@ -100,15 +87,17 @@ def test_every_memory_tool_over_stdio_and_lessons_outlive_the_server(
                 "Keep FTS5 queries short.",
                 *LESSONS,
             }
-            gone = await _call(c, "lesson_forget", ids=[glob["lesson"]["id"], 123456])
+            gone = await tool_result(c, "lesson_forget", ids=[glob["lesson"]["id"], 123456])
             assert gone["forgotten"] == 1
             return [x["id"] for x in learned["lessons"]]
 
     async def second(ids: list[int]) -> None:
         async with Client(params, mode=mode) as c:
-            found = (await _call(c, "lesson_recall", query="failing test lockfile", k=5))["lessons"]
+            found = (await tool_result(c, "lesson_recall", query="failing test lockfile", k=5))[
+                "lessons"
+            ]
             assert sorted(x["id"] for x in found) == sorted(ids)
-            assert not (await _call(c, "lesson_recall", query="queries short"))["lessons"]
+            assert not (await tool_result(c, "lesson_recall", query="queries short"))["lessons"]
 
     try:
         asyncio.run(second(asyncio.run(first())))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
 
 import mcp_types as types
 import pytest
@@ -20,7 +19,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
-from stdio_servers import on_fake_anthropic, stdio
+from stdio_servers import on_fake_anthropic, stdio, tool_error, tool_result
 from yool.personas.forge import FORGE_SYSTEM
 from yool.testing import FakeProvider, Recorded, Script, Turn
 from yool.testing.fake_provider import ThreadedFakeProvider
@@ -58,22 +57,6 @@ def _params(ws: Path, home: Path, fake: ThreadedFakeProvider) -> StdioServerPara
     return stdio(home, cwd=ws, **on_fake_anthropic(fake.url, "sk-test-mcp-personas"))
 
 
-async def _call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content
-    out = r.structured_content
-    assert isinstance(out, dict)
-    return out
-
-
-async def _error(client: Client, tool: str, **args: Any) -> str:
-    r = await client.call_tool(tool, args)
-    assert r.is_error, r.structured_content
-    text = r.content[0].text  # type: ignore[union-attr]
-    assert isinstance(text, str)
-    return text
-
-
 def _texts(result: types.GetPromptResult) -> list[str]:
     out = []
     for message in result.messages:
@@ -93,7 +76,7 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
     async def main() -> None:
         async with Client(_params(ws, tmp_path / "home", fake), mode=mode) as c:
             # -- listed, as a tool result and as an MCP prompt
-            listed = await _call(c, "persona_list")
+            listed = await tool_result(c, "persona_list")
             by_name = {p["name"]: p for p in listed["personas"]}
             x = by_name["x"]
             assert (x["source"], x["path"]) == ("claude", ".claude/agents/x.md")
@@ -111,9 +94,9 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
             assert [(a.name, a.required) for a in prompts["x"].arguments or []] == [("task", False)]
 
             # -- hired: the agent runs under x's prompt, on the model x asked for
-            hired = await _call(c, "persona_hire", name="x", task="what does notes.txt say?")
+            hired = await tool_result(c, "persona_hire", name="x", task="what does notes.txt say?")
             assert hired["lessons"] == []
-            waited = await _call(c, "wait", pids=[hired["pid"]], timeout_s=20)
+            waited = await tool_result(c, "wait", pids=[hired["pid"]], timeout_s=20)
             agent = waited["agents"][0]
             assert (agent["reason"], agent["answer"], agent["persona"]) == (
                 "normal",
@@ -123,10 +106,10 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
             sent = [r for r in list(fake.fake.requests) if "notes.txt say" in json.dumps(r.body)]
             assert sent and all(r.body["system"] == X_PROMPT for r in sent)
             assert all(r.body["model"] == "claude-haiku-4-5" for r in sent)
-            assert "tools: persona 'x' may use only" in await _error(
+            assert "tools: persona 'x' may use only" in await tool_error(
                 c, "persona_hire", name="x", task="t", tools=["kv"]
             )
-            assert "persona: no persona named 'y'" in await _error(
+            assert "persona: no persona named 'y'" in await tool_error(
                 c, "persona_hire", name="y", task="t"
             )
 
@@ -140,22 +123,24 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
                 await c.get_prompt("x", {"colour": "red"})
 
             # -- lessons: a relevant one joins the prompt and the hire, an unrelated one never
-            learnt = await _call(
+            learnt = await tool_result(
                 c, "lesson_remember", text="Summarise notes.txt only after reading all of it."
             )
-            await _call(c, "lesson_remember", text="Rotate TLS certificates every ninety days.")
+            await tool_result(
+                c, "lesson_remember", text="Rotate TLS certificates every ninety days."
+            )
             (first, task_text) = _texts(await c.get_prompt("x", {"task": "summarise notes.txt"}))
             assert first.startswith(f"{X_PROMPT}\n\nLessons from past work")
             assert "only after reading all of it" in first and "TLS" not in first
             assert task_text == "Task: summarise notes.txt"
-            again = await _call(c, "persona_hire", name="x", task="summarise notes.txt")
+            again = await tool_result(c, "persona_hire", name="x", task="summarise notes.txt")
             assert again["lessons"] == [learnt["lesson"]["id"]]
-            await _call(c, "wait", pids=[again["pid"]], timeout_s=20)
+            await tool_result(c, "wait", pids=[again["pid"]], timeout_s=20)
             sent = [r for r in list(fake.fake.requests) if "summarise notes" in json.dumps(r.body)]
             assert sent and all("only after reading all" in r.body["system"] for r in sent)
 
             # -- saved and added while the server runs: listed at once
-            saved = await _call(
+            saved = await tool_result(
                 c, "persona_save", name="release", prompt="You ship releases.", tools=["files"]
             )
             assert saved == {"source": "saved"}
@@ -183,7 +168,7 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
             assert not r.is_error, r.content
             assert r.structured_content is not None
             assert r.structured_content["prompt"] == FORGED
-            spec = await _call(
+            spec = await tool_result(
                 c, "persona_specialize", name="releaser", domain="releases", base="x"
             )
             assert (spec["source"], spec["prompt"]) == ("saved", FORGED)
@@ -201,10 +186,10 @@ def test_a_claude_agent_file_in_the_workspace_is_persona_x_listed_prompted_and_h
             assert view["warnings"] == [warning]
 
             # bad input is refused and the server keeps serving
-            assert "is not a persona name" in await _error(
+            assert "is not a persona name" in await tool_error(
                 c, "persona_save", name="No Good", prompt="p"
             )
-            assert "personas" in await _call(c, "persona_list", name="x")
+            assert "personas" in await tool_result(c, "persona_list", name="x")
 
     try:
         asyncio.run(main())

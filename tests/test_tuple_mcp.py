@@ -19,7 +19,7 @@ import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-from stdio_servers import on_fake_anthropic, server_env, stdio
+from stdio_servers import on_fake_anthropic, server_env, stdio, tool_result
 from yool.kernel import CapError
 from yool.policy import RuntimePolicy
 from yool.testing.fake_provider import FakeProvider, Fault, Recorded, Script, Turn
@@ -236,14 +236,6 @@ async def _killable(home: Path, mode: str, **extra: str) -> AsyncIterator[tuple[
         yield client, int(pidfile.read_text())
 
 
-async def _call(client: Client, tool: str, **args: Any) -> dict[str, Any]:
-    r = await client.call_tool(tool, args)
-    assert not r.is_error, r.content
-    out = r.structured_content
-    assert isinstance(out, dict)
-    return out
-
-
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_a_durable_take_is_handed_over_once_even_when_the_server_is_sigkilled(
     tmp_path: Path, mode: str
@@ -253,8 +245,8 @@ def test_a_durable_take_is_handed_over_once_even_when_the_server_is_sigkilled(
     async def first() -> Any:
         async with _killable(home, mode) as (c, pid):
             for i in (1, 2):
-                await _call(c, "tuple_out", lane="jobs", tuple=["job", i], durable=True)
-            took = await _call(c, "tuple_in", lane="jobs", template=["job", 1])
+                await tool_result(c, "tuple_out", lane="jobs", tuple=["job", i], durable=True)
+            took = await tool_result(c, "tuple_in", lane="jobs", template=["job", 1])
             # Another connection holds the write lock: the take of job 2 cannot be committed.
             blocker = sqlite3.connect(home / "yool.db", timeout=10, isolation_level=None)
             blocker.execute("BEGIN IMMEDIATE")
@@ -276,7 +268,7 @@ def test_a_durable_take_is_handed_over_once_even_when_the_server_is_sigkilled(
 
     async def second() -> Any:
         async with _killable(home, mode) as (c, _):
-            return await _call(c, "tuple_scan", lane="jobs", template=[None, None])
+            return await tool_result(c, "tuple_scan", lane="jobs", template=[None, None])
 
     # job 1 was taken and stays taken; job 2 was never handed out, so it is still there
     assert asyncio.run(second()) == {"tuples": [["job", 2]]}
@@ -305,8 +297,8 @@ def test_a_batch_task_running_when_the_server_is_sigkilled_runs_once_more_marked
 
     async def first() -> dict[str, Any]:
         async with _killable(home, "auto", **env) as (c, pid):
-            info = await _call(c, "batch_spawn", depth=1, branching=4)
-            await _call(c, "tuple_out", lane=info["lane"], tuple=[2, marker])
+            info = await tool_result(c, "batch_spawn", depth=1, branching=4)
+            await tool_result(c, "tuple_out", lane=info["lane"], tuple=[2, marker])
             deadline = time.monotonic() + 20
             while not seen():  # its agent has started (so its claim is on disk)
                 assert time.monotonic() < deadline, "the agent never called the model"
@@ -316,10 +308,10 @@ def test_a_batch_task_running_when_the_server_is_sigkilled_runs_once_more_marked
 
     async def second(info: dict[str, Any]) -> Any:
         async with _killable(home, "auto", **env) as (c, _):
-            await _call(c, "batch_spawn", id=info["id"])
-            got = await _call(c, "tuple_in", lane=info["out"], template=[None] * 4, wait_s=30)
-            more = await _call(c, "tuple_in", lane=info["out"], template=[None] * 4, wait_s=1)
-            left = await _call(c, "tuple_scan", lane=info["lane"], template=[None, None])
+            await tool_result(c, "batch_spawn", id=info["id"])
+            got = await tool_result(c, "tuple_in", lane=info["out"], template=[None] * 4, wait_s=30)
+            more = await tool_result(c, "tuple_in", lane=info["out"], template=[None] * 4, wait_s=1)
+            left = await tool_result(c, "tuple_scan", lane=info["lane"], template=[None, None])
             return got, more, left
 
     try:
@@ -361,12 +353,12 @@ def test_an_llm_agent_spawned_over_mcp_uses_the_tuple_tools_and_one_without_them
         async with FakeProvider(Script(respond=_agents_script)) as fake:
             env = on_fake_anthropic(fake.url, "sk-test-tuples")
             async with Client(stdio(tmp_path, **env), mode=mode) as c:
-                await _call(c, "tuple_out", lane="inbox", tuple=["hello", 42])
-                a = await _call(c, "spawn", task="task-A: trade tuples", tools=["tuples"])
-                b = await _call(c, "spawn", task="task-B: try the lanes", tools=["files"])
-                done = await _call(c, "wait", pids=[a["pid"], b["pid"]], timeout_s=30)
-                inbox = await _call(c, "tuple_scan", lane="inbox", template=[None, None])
-                outbox = await _call(c, "tuple_scan", lane="outbox", template=[None, None])
+                await tool_result(c, "tuple_out", lane="inbox", tuple=["hello", 42])
+                a = await tool_result(c, "spawn", task="task-A: trade tuples", tools=["tuples"])
+                b = await tool_result(c, "spawn", task="task-B: try the lanes", tools=["files"])
+                done = await tool_result(c, "wait", pids=[a["pid"], b["pid"]], timeout_s=30)
+                inbox = await tool_result(c, "tuple_scan", lane="inbox", template=[None, None])
+                outbox = await tool_result(c, "tuple_scan", lane="outbox", template=[None, None])
             results = {
                 rec.position: json.dumps(rec.body)
                 for rec in fake.requests
