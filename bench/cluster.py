@@ -21,6 +21,7 @@ from typing import Any
 from _common import emit
 from yool.cluster.gateway import Gateway, RemoteBoot
 from yool.cluster.tcp import TcpTransport
+from yool.cluster.transport import Transport
 from yool.kernel import Kernel, Sys
 
 KEY = b"bench-cluster-key-0123456789"
@@ -50,9 +51,11 @@ async def serve_b(port: int) -> None:
         await asyncio.Event().wait()
 
 
-async def tcp_figures(port: int) -> list[dict[str, Any]]:
+async def figures(
+    t: Transport, *, roundtrips: int, spawns: int, rt_note: str, spawn_note: str
+) -> list[dict[str, Any]]:
+    """Node a (this process) over `t` to node b, which exports `echo` and `quit`."""
     async with Kernel(mailbox_limit=1 << 16) as k:
-        t = TcpTransport("a", peers={"b": ("127.0.0.1", port)}, max_pending=1 << 16)
         gw = Gateway(k, t, KEY)
         await gw.start()
         ready: asyncio.Future[Sys] = k.loop.create_future()
@@ -67,14 +70,14 @@ async def tcp_figures(port: int) -> list[dict[str, Any]]:
         rates = []
         for _ in range(ROUNDS):
             t0 = time.perf_counter()
-            for i in range(ROUNDTRIPS):
+            for i in range(roundtrips):
                 me.send_nowait(ref, i)
                 await me.recv()
-            rates.append(ROUNDTRIPS / (time.perf_counter() - t0))
+            rates.append(roundtrips / (time.perf_counter() - t0))
         spawn_ms = []
-        for _ in range(SPAWNS):
+        for _ in range(spawns):
             t0 = time.perf_counter()
-            await gw.spawn(("b"), "quit", reply=me.pid, watch=False)
+            await gw.spawn("b", "quit", reply=me.pid, watch=False)
             spawn_ms.append((time.perf_counter() - t0) * 1000)
         await gw.close()
     rates.sort()
@@ -84,23 +87,33 @@ async def tcp_figures(port: int) -> list[dict[str, Any]]:
             "bench": "remote_roundtrips_per_s",
             "value": statistics.median(rates),
             "unit": "roundtrips/s",
-            "transport": "tcp",
+            "transport": t.kind,
             "min": rates[0],
             "max": rates[-1],
-            "roundtrips": ROUNDTRIPS,
+            "roundtrips": roundtrips,
             "rounds": ROUNDS,
-            "note": "two processes on 127.0.0.1, sequential send+reply, sealed and verified",
+            "note": rt_note,
         },
         {
             "bench": "remote_spawn_ms",
             "value": statistics.median(spawn_ms),
             "unit": "ms",
-            "transport": "tcp",
+            "transport": t.kind,
             "p90": spawn_ms[int(len(spawn_ms) * 0.9)],
-            "spawns": SPAWNS,
-            "note": "exported image on the other process, until its pid is known",
+            "spawns": spawns,
+            "note": spawn_note,
         },
     ]
+
+
+async def tcp_figures(port: int) -> list[dict[str, Any]]:
+    return await figures(
+        TcpTransport("a", peers={"b": ("127.0.0.1", port)}, max_pending=1 << 16),
+        roundtrips=ROUNDTRIPS,
+        spawns=SPAWNS,
+        rt_note="two processes on 127.0.0.1, sequential send+reply, sealed and verified",
+        spawn_note="exported image on the other process, until its pid is known",
+    )
 
 
 def tcp() -> list[dict[str, Any]]:
@@ -138,57 +151,14 @@ async def ray_node_figures(address: str) -> list[dict[str, Any]]:
     (a whole Session) pinned to the cluster's second Ray node."""
     from yool.cluster.ray import RayTransport
 
-    async with Kernel(mailbox_limit=1 << 16) as k:
-        t = RayTransport("a", peers=["b"], address=address, max_pending=1 << 16)
-        gw = Gateway(k, t, KEY)
-        await gw.start()
-        ready: asyncio.Future[Sys] = k.loop.create_future()
-
-        async def client(sys: Sys) -> None:
-            ready.set_result(sys)
-            await asyncio.Event().wait()
-
-        k.init.spawn(client)
-        me = await ready
-        ref = await gw.spawn_proxy(me, "b", "echo")
-        rates = []
-        for _ in range(ROUNDS):
-            t0 = time.perf_counter()
-            for i in range(RAY_ROUNDTRIPS):
-                me.send_nowait(ref, i)
-                await me.recv()
-            rates.append(RAY_ROUNDTRIPS / (time.perf_counter() - t0))
-        spawn_ms = []
-        for _ in range(RAY_SPAWNS):
-            t0 = time.perf_counter()
-            await gw.spawn("b", "quit", reply=me.pid, watch=False)
-            spawn_ms.append((time.perf_counter() - t0) * 1000)
-        await gw.close()
-    rates.sort()
-    spawn_ms.sort()
     note = "local 2-node ray.cluster_utils.Cluster; a = driver + inbox actor, b = YoolNode actor"
-    return [
-        {
-            "bench": "remote_roundtrips_per_s",
-            "value": statistics.median(rates),
-            "unit": "roundtrips/s",
-            "transport": "ray",
-            "min": rates[0],
-            "max": rates[-1],
-            "roundtrips": RAY_ROUNDTRIPS,
-            "rounds": ROUNDS,
-            "note": note + ", sequential send+reply as actor calls, sealed and verified",
-        },
-        {
-            "bench": "remote_spawn_ms",
-            "value": statistics.median(spawn_ms),
-            "unit": "ms",
-            "transport": "ray",
-            "p90": spawn_ms[int(len(spawn_ms) * 0.9)],
-            "spawns": RAY_SPAWNS,
-            "note": note + ", exported image on b, until its pid is known",
-        },
-    ]
+    return await figures(
+        RayTransport("a", peers=["b"], address=address, max_pending=1 << 16),
+        roundtrips=RAY_ROUNDTRIPS,
+        spawns=RAY_SPAWNS,
+        rt_note=note + ", sequential send+reply as actor calls, sealed and verified",
+        spawn_note=note + ", exported image on b, until its pid is known",
+    )
 
 
 def ray_figures() -> list[dict[str, Any]]:
