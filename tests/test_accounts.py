@@ -283,6 +283,35 @@ def test_an_overshooting_call_is_recorded_and_ends_the_process_with_quota(virtua
     virtual(main())
 
 
+def test_spend_made_elsewhere_is_recorded_up_the_tree_even_past_a_limit(virtual: Run) -> None:
+    """What an agent on another node spent is charged to the process standing in for it."""
+
+    async def main() -> None:
+        async with Kernel(budget=Budget(tokens=100)) as k:
+            parent = k.init.spawn(idle, budget=Budget(usd=1.0))
+            stub = k.proc(parent.pid)
+            child = k.init.spawn(idle)
+            assert k.spent_elsewhere(parent.pid, Cost(tokens=60, usd=0.25)) is None
+            assert usage(stub.account) == (60, 0.25, 0)
+            assert k.init.usage()["tokens"] == 60
+            # the money is gone: recorded past the root's limit, the meter named, a quota event
+            assert k.spent_elsewhere(parent.pid, Cost(tokens=50, tool_calls=2)) == "tokens"
+            assert k.init.usage()["tokens"] == 110
+            assert [e.data for e in k.trace(pid=parent.pid) if e.kind == "quota"] == [
+                {"resource": "tokens", "cost": {"tokens": 50, "usd": 0.0, "tool_calls": 2}}
+            ]
+            assert k.counters.charged["tokens"] == 110
+            # and everything under the root is now refused further spend
+            with pytest.raises(QuotaExceeded):
+                k.proc(child.pid).account.charge(Cost(tokens=1))
+            for bad in (Cost(tokens=-1), Cost(usd=math.nan)):
+                with pytest.raises(KernelError, match="invalid cost"):
+                    k.spent_elsewhere(parent.pid, bad)
+            assert k.init.usage()["tokens"] == 110
+
+    virtual(main())
+
+
 # -- the children cap through spawn ----------------------------------------------------
 
 

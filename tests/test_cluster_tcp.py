@@ -394,6 +394,69 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
         slow.stop()
 
 
+def test_a_remote_agent_is_held_to_the_asking_sessions_budget_and_charged_to_it(
+    real: Any, tmp_path: Path
+) -> None:
+    """Budgets are inherited across nodes: a's session budget caps what an agent on b may
+    spend (whatever it asks for), and what it spent there is charged to a's session."""
+    from yool.testing import FakeProvider, Script, Turn
+    from yool.testing.fake_provider import ThreadedFakeProvider
+
+    # each agent on b answers after a moment, reporting 1,200 + 300 tokens
+    turn = Turn.say("Done.", usage=(1200, 300))
+    slow = ThreadedFakeProvider(FakeProvider(Script([turn, turn]), latency=1.0))
+    pa, pb = free_port(), free_port()
+    a_env = _node_env(
+        tmp_path / "a", "a", pa, peer=pb, YOOL_BUDGET_TOKENS="5000", YOOL_BUDGET_WALL_S="600"
+    )
+    b_env = _node_env(
+        tmp_path / "b",
+        "b",
+        pb,
+        YOOL_PROVIDER="anthropic",
+        ANTHROPIC_API_KEY="sk-b",
+        ANTHROPIC_BASE_URL=slow.url,
+    )
+
+    async def remote_budget(b: Any, node_pid: str) -> tuple[float, float | None]:
+        """The token budget of the agent on b (spent, held for its call, and left) and how
+        long it has until its deadline."""
+        seen = await tool_result(b, "inspect", pid=int(node_pid.partition("/")[2]))
+        assert seen["live"], seen
+        process = seen["process"]
+        return process["usage"]["tokens"] + process["remaining"]["tokens"], process["deadline_in"]
+
+    async def go() -> None:
+        async with (
+            _mcp_node(tmp_path / "b", b_env, "legacy") as (b, _),
+            _mcp_node(tmp_path / "a", a_env, "legacy") as (a, _),
+        ):
+            # it asks for far more than a's session has: it gets what a has left
+            first = await tool_result(
+                a, "spawn", task="one", node="b", tools=[], budget_tokens=100_000
+            )
+            listed = {s["pid"]: s for s in (await tool_result(a, "ps"))["agents"]}
+            tokens, deadline_in = await remote_budget(b, listed[first["pid"]]["node"])
+            assert tokens == 5000
+            assert deadline_in is not None and 0 < deadline_in <= 600  # a's wall budget too
+            done = await tool_result(a, "wait", pids=[first["pid"]], timeout_s=20)
+            assert done["done"] and done["agents"][0]["tokens"] == 1500, done
+            session = (await tool_result(a, "ps"))["session"]
+            assert session["tokens"] == 1500 and session["remaining"]["tokens"] == 3500
+            # the next one, asking for nothing in particular, gets what is left after that
+            second = await tool_result(a, "spawn", task="two", node="b", tools=[])
+            listed = {s["pid"]: s for s in (await tool_result(a, "ps"))["agents"]}
+            assert (await remote_budget(b, listed[second["pid"]]["node"]))[0] == 3500
+            done = await tool_result(a, "wait", pids=[second["pid"]], timeout_s=20)
+            assert done["done"], done
+            assert (await tool_result(a, "ps"))["session"]["tokens"] == 3000
+
+    try:
+        real(go())
+    finally:
+        slow.stop()
+
+
 def test_mcp_fanout_of_sandboxed_runs_with_node_any_spreads_over_both_nodes(
     real: Any, tmp_path: Path
 ) -> None:

@@ -9,10 +9,18 @@ forwarded. The stub relays the remote `AgentResult` to the session and ends with
 agent's own exit reason, or `noconnection` when its node becomes unreachable. `ps` shows the
 remote agent's `node/pid`.
 
+Budgets hold across nodes: the remote agent's token, USD and tool-call budgets, and its
+deadline, are capped at what the stub may still spend here (the session's budget left, at
+spawn), and the spend it reports with its result is charged to the stub's account, so up
+the asking session's tree, as a local agent's would be. What a remote agent spends is known
+here when it ends, not call by call: agents running at once on other nodes can together
+pass the asker's budget by up to what each was allowed, and the next charge here is then
+refused.
+
 Serving node: `agent` is exported by a spawner that validates the arguments as `SpawnArgs`
 and starts the agent with this node's own `start_agent`: the devices, paths and budget it
-gets are this node's grants (paths inside this node's workspace, the session's budget
-here). Its result and then its exit go back to the stub, in that order (the exit is
+gets are this node's grants (paths inside this node's workspace, under this node's session
+budget too). Its result and then its exit go back to the stub, in that order (the exit is
 reported by the session's `Down`, after the result it forwarded).
 """
 
@@ -28,6 +36,7 @@ from pydantic import ValidationError
 from yool.cluster import load_key, make_transport
 from yool.cluster.gateway import Gateway
 from yool.kernel import Down, ExitReason, KernelError, Sys
+from yool.kernel.accounts import Cost
 from yool.userland.agents import AgentResult
 
 if TYPE_CHECKING:
@@ -110,7 +119,7 @@ class ClusterNode:
             caps=(reply_to,),
             monitor=True,
         )
-        remote_args = args.model_dump(exclude={"node"}, exclude_defaults=True)
+        remote_args = self._within_budget(stub.pid, args)
         try:
             pid, info = await self.gateway.spawn_with_info(
                 node, AGENT_IMAGE, [remote_args], reply=stub.pid
@@ -133,10 +142,26 @@ class ClusterNode:
                 ref=stub.ref,
             )
         )
-        # Its spend is on the serving node's budget: the figures come with its result, not
-        # from the stub's (empty) account here.
-        record.account = None
         return record
+
+    def _within_budget(self, stub: int, args: SpawnArgs) -> dict[str, Any]:
+        """The spawn arguments for the peer, their budget and deadline capped at what the
+        stub (so the session) has left here."""
+        kernel = self.session.kernel
+        left = kernel.proc(stub).account.remaining(kernel.loop.time())
+        out = args.model_dump(exclude={"node"}, exclude_defaults=True)
+        for meter in ("tokens", "usd", "tool_calls"):
+            limit = left[meter]
+            if limit is not None:
+                key = f"budget_{meter}"
+                asked = out.get(key)
+                capped = limit if asked is None else min(asked, limit)
+                out[key] = int(capped) if meter != "usd" else capped
+        wall = left["wall_s"]
+        if wall is not None and wall > 0:
+            asked = out.get("deadline_s")
+            out["deadline_s"] = wall if asked is None else min(asked, wall)
+        return out
 
     def signal(self, record: AgentRecord, sig: str) -> None:
         """stop, cont, term: forwarded to the remote agent (kill ends the stub locally)."""
@@ -177,18 +202,19 @@ class ClusterNode:
         """Session hook for every `AgentResult`: a remote agent's (relayed by its stub)
         brings the spend it had there; one served for a peer goes back to it first."""
         if record.node is not None:
-            record.tokens, record.usd = result.tokens, result.usd
-            return
+            return  # the stub charged its account with the spend before relaying it
         served = self._served.get(record.pid)
         if served is None:
             return
         node, stub = served
+        record.refresh()
         body = {
             "result": {
                 "answer": result.answer,
                 "steps": result.steps,
                 "tokens": result.tokens,
                 "usd": result.usd,
+                "tool_calls": record.tool_calls,
                 "reason": result.reason,
             }
         }
@@ -224,6 +250,9 @@ async def _stub(sys: Sys, node: ClusterNode, link: RemoteLink, reply_to: str) ->
                 reason=str(r.get("reason", "")),
                 pid=sys.pid,
             )
+            spent = Cost(result.tokens, result.usd, int(r.get("tool_calls", 0)))
+            with contextlib.suppress(KernelError):  # a peer reporting nonsense: not charged
+                node.session.kernel.spent_elsewhere(sys.pid, spent)
             await sys.send(reply_to, result)
         elif msg.sender != 0 and link.ref is not None and not link.ended:
             with contextlib.suppress(KernelError):  # a lost message, as to a dead process

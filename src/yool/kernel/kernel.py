@@ -632,16 +632,30 @@ class Kernel:
     def _charge(
         self, p: Process, driver: Driver, cost: Cost, hold: Reservation | None, value: Any = None
     ) -> Any:
-        if not isinstance(cost, Cost) or cost.tokens < 0 or cost.usd < 0 or cost.tool_calls < 0:
+        if not _valid_cost(cost):
             if hold is not None:
                 hold.cancel()
             raise DriverError(f"driver {driver.name!r} reported an invalid cost {cost!r}")
-        account = p.account
+        over = self._record_spend(p, cost, hold)
+        if over is not None:
+            raise QuotaExceeded(over, "the last call's actual cost passed the budget")
+        return value
+
+    def spent_elsewhere(self, pid: int, cost: Cost) -> str | None:
+        """Record on `pid`'s account (and so up its tree) what it spent outside this kernel:
+        an agent on another node that `pid` stands in for. The money is gone, so it is
+        recorded even past a limit; returns the meter it overdrew, if any."""
+        if not _valid_cost(cost):
+            raise KernelError(f"an invalid cost {cost!r}: every meter must be a number >= 0")
+        return self._record_spend(self.proc(pid), cost, None)
+
+    def _record_spend(self, p: Process, cost: Cost, hold: Reservation | None) -> str | None:
         if cost:
             c = self.counters.charged
             c["tokens"] += cost.tokens
             c["usd"] += cost.usd
             c["tool_calls"] += cost.tool_calls
+        account = p.account
         over = (
             hold.settle(cost)
             if hold is not None
@@ -649,8 +663,7 @@ class Kernel:
         )
         if over is not None:
             self.events.emit("quota", p.pid, {"resource": over, "cost": cost.to_json()})
-            raise QuotaExceeded(over, "the last call's actual cost passed the budget")
-        return value
+        return over
 
     async def _journaled(
         self, p: Process, kind: str, payload: Any, handle: Handle, driver: Driver, op: str
@@ -909,3 +922,7 @@ async def _close_all(handles: list[Any]) -> None:
 
 def _short_traceback(e: BaseException, limit: int = 6) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-limit))[-4000:]
+
+
+def _valid_cost(cost: object) -> bool:
+    return isinstance(cost, Cost) and cost.tokens >= 0 and cost.usd >= 0 and cost.tool_calls >= 0
