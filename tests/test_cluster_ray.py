@@ -261,17 +261,21 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
             # on c it is an ordinary agent of c's session (in the actor), started for node a
             there = {s["pid"]: s for s in (await on_c("ps"))["agents"]}
             assert there[int(remote_pid)]["origin"]["node"] == "a"
-            # a message from a's client reaches the agent's mailbox on c
+            # a message from a's client reaches the agent's mailbox on c, and a's inspect
+            # shows the agent as c sees it
             assert (await tool_result(a, "send", pid=pid, message="also check the tests"))[
                 "delivered"
             ]
             for _ in range(100):
-                seen = await on_c("inspect", pid=int(remote_pid))
-                if "also check the tests" in str(seen):
+                seen = await tool_result(a, "inspect", pid=pid)
+                if "also check the tests" in str(seen["process"]):
                     break
                 await asyncio.sleep(0.05)
             else:
                 raise AssertionError(f"message never reached c: {seen}")
+            assert (seen["process"]["node"], seen["process"]["pid"]) == ("c", int(remote_pid))
+            there = await on_c("inspect", pid=int(remote_pid))
+            assert there["process"]["name"] == seen["process"]["name"]
             # it finishes on c: a's wait sees its answer and its true exit reason
             done = await tool_result(a, "wait", pids=[pid], timeout_s=30)
             assert done["done"], done

@@ -189,6 +189,51 @@ def test_exported_images_get_only_the_devices_their_export_grants(real: Any) -> 
     real(go())
 
 
+def test_a_node_answers_only_the_questions_it_offers_and_each_handler_decides(
+    real: Any,
+) -> None:
+    from yool.cluster.gateway import MAX_ANSWER_BYTES
+
+    async def go() -> None:
+        async with (
+            node("b") as (kb, gb, tb),
+            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
+        ):
+            me = await client(ka)
+            await ga.spawn_proxy(me, "b", "echo", "hi")
+            await me.recv(timeout=5)
+            mine = next(p.pid for p in kb.procs.values() if p.name == "echo@a")
+
+            async def name_of(asker: str, args: dict[str, Any]) -> Any:
+                pid = args["pid"]
+                if not gb.exposed_to(pid, asker):
+                    raise KernelError(f"pid {pid} is not yours")
+                return {"name": kb.procs[pid].name, "asker": asker}
+
+            async def huge(asker: str, args: dict[str, Any]) -> Any:
+                return "x" * (MAX_ANSWER_BYTES + 1)
+
+            gb.answer_queries("name", name_of)
+            gb.answer_queries("huge", huge)
+            assert await ga.ask("b", "name", {"pid": mine}) == {"name": "echo@a", "asker": "a"}
+            with pytest.raises(KernelError, match=r"name on node 'b' refused: pid 1 is not yours"):
+                await ga.ask("b", "name", {"pid": 1})  # b's init: not a's to ask about
+            with pytest.raises(KernelError, match=r"no question 'ls' .*\(answered: huge, name\)"):
+                await ga.ask("b", "ls", {})
+            with pytest.raises(KernelError, match="over"):
+                await ga.ask("b", "huge", {})
+            with pytest.raises(KernelError, match="is this node"):
+                await ga.ask("a", "name", {"pid": mine})
+            assert not ga._pending  # every request was answered and forgotten
+        # a node that never answers: the asker is not left waiting past its time
+        async with node("a", peers={"b": ("127.0.0.1", free_port())}) as (_ka, ga, _ta):
+            with pytest.raises(KernelError, match="name on node 'b': no answer in time"):
+                await ga.ask("b", "name", {"pid": 1}, within_s=0.3)
+            assert not ga._pending
+
+    real(go())
+
+
 async def raw_line(port: int, hello: str, *lines: bytes) -> None:
     """Write envelopes to a node's listener as a peer would (or an attacker could)."""
     _, w = await asyncio.open_connection("127.0.0.1", port)
@@ -350,23 +395,34 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                 )
                 pid = spawned["pid"]
                 listed = {s["pid"]: s for s in (await tool_result(a, "ps"))["agents"]}
-                node, _, remote_pid = listed[pid]["node"].partition("/")
-                assert node == "b" and listed[pid]["status"] == "running"
+                where, _, remote_pid = listed[pid]["node"].partition("/")
+                assert where == "b" and listed[pid]["status"] == "running"
                 # on b it is an ordinary agent of b's session, started for node a
                 there = {s["pid"]: s for s in (await tool_result(b, "ps"))["agents"]}
                 assert there[int(remote_pid)]["origin"]["node"] == "a"
                 assert "node" not in there[int(remote_pid)]  # local to b
-                # a message from a's client reaches the agent's mailbox on b
+                # a message from a's client reaches the agent's mailbox on b, and a's inspect
+                # shows the agent as b sees it (not the stub standing in for it on a)
                 assert (await tool_result(a, "send", pid=pid, message="also check the tests"))[
                     "delivered"
                 ]
                 for _ in range(50):
-                    seen = await tool_result(b, "inspect", pid=int(remote_pid))
-                    if "also check the tests" in json.dumps(seen):
+                    seen = await tool_result(a, "inspect", pid=pid)
+                    if "also check the tests" in json.dumps(seen["process"]):
                         break
                     await asyncio.sleep(0.05)
                 else:
                     raise AssertionError(f"message never reached b: {seen}")
+                process = seen["process"]
+                assert (process["node"], process["pid"]) == ("b", int(remote_pid))
+                assert process["image"] == "yool.react" and "remote_error" not in process
+                assert seen["agent"]["node"] == f"b/{remote_pid}"
+                there = await tool_result(b, "inspect", pid=int(remote_pid))
+                assert there["process"]["name"] == process["name"]
+                # b tells a node only of the agents it runs for that node
+                async with node("c", peers={"b": ("127.0.0.1", pb)}) as (_kc, gc, _tc):
+                    with pytest.raises(KernelError, match="not an agent this node runs for 'c'"):
+                        await gc.ask("b", "inspect", {"pid": int(remote_pid)}, within_s=10)
                 # it finishes on b: a's wait sees its answer and its true exit reason
                 done = await tool_result(a, "wait", pids=[pid], timeout_s=20)
                 assert done["done"], done

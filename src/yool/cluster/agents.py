@@ -5,7 +5,8 @@ under the session, then asks the peer's gateway to start image `agent` with the 
 arguments. The stub has a real local pid, so every MCP tool works on a remote agent as on a
 local one: `wait` waits for the stub, `send` gives it a message it forwards over its remote
 capability, `signal` kill kills the stub (which forwards the kill), stop/cont/term are
-forwarded. The stub relays the remote `AgentResult` to the session and ends with the remote
+forwarded, `inspect` asks the serving node (which answers only about the agents it runs for
+the asker). The stub relays the remote `AgentResult` to the session and ends with the remote
 agent's own exit reason, or `noconnection` when its node becomes unreachable. `ps` shows the
 remote agent's `node/pid`.
 
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from yool.tools.session import AgentRecord, Session
 
 AGENT_IMAGE = "agent"
+INSPECT = "inspect"  # the question a node answers about an agent it runs for the asker
 ANY_NODE = "any"
 
 
@@ -66,6 +68,7 @@ class ClusterNode:
         self._next = itertools.count()
         self._served: dict[int, tuple[str, int]] = {}  # local agent pid -> (node, stub pid)
         gateway.export_spawner(AGENT_IMAGE, self._serve, reports_exit=True)
+        gateway.answer_queries(INSPECT, self._inspect_for)
 
     @classmethod
     async def attach(cls, session: Session) -> ClusterNode:
@@ -168,6 +171,14 @@ class ClusterNode:
         node, _, pid = (record.node or "").partition("/")
         self.gateway.signal(record.pid, (node, int(pid)), sig)
 
+    async def inspect(self, record: AgentRecord) -> dict[str, Any]:
+        """The serving node's view of the live remote agent `record` stands in for."""
+        node, _, pid = (record.node or "").partition("/")
+        process = await self.gateway.ask(node, INSPECT, {"pid": int(pid)}, within_s=10.0)
+        if not isinstance(process, dict):
+            raise KernelError(f"inspect on node {node!r}: a malformed answer")
+        return {**process, "node": node}
+
     def _stub_ended(self, link: RemoteLink) -> None:
         """The stub died first (killed here): kill what it stood in for."""
         if not link.ended and link.pid is not None:
@@ -197,6 +208,18 @@ class ClusterNode:
             raise KernelError(str(e)) from None
         self._served[record.pid] = (node, reply_pid)
         return record.pid, {"provider": record.provider, "model": record.model}
+
+    async def _inspect_for(self, node: str, args: dict[str, Any]) -> Any:
+        """`inspect` of an agent this node runs for `node` (and of nothing else)."""
+        from yool.tools.introspection import clip
+
+        pid = args.get("pid")
+        kernel = self.session.kernel
+        if type(pid) is not int or self._served.get(pid, ("",))[0] != node:
+            raise KernelError(f"pid {pid!r} is not an agent this node runs for {node!r}")
+        if pid not in kernel.procs:
+            raise KernelError(f"agent {pid} has ended")
+        return clip(kernel.inspect(pid))
 
     def agent_result(self, record: AgentRecord, result: AgentResult) -> None:
         """Session hook for every `AgentResult`: a remote agent's (relayed by its stub)

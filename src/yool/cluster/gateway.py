@@ -13,10 +13,11 @@ or an image, and what it may do is decided here, from this node's own grants:
 * a peer's `down` is delivered only to a local process that monitors that remote pid.
 
 Envelopes to pid 0 are the control channel: `spawn`/`spawned`, `monitor`/`demonitor`,
-`down` and `signal`. Data envelopes carry `{"s": sender pid, "m": body}` to a pid and are
-delivered with sender 0 and the plain body. Remote monitors end with `Down(pid, reason,
-node)`: the real exit reason when the remote process died, `noconnection` when the transport
-reports its node unreachable.
+`down`, `signal`, and `ask`/`answer` for the questions this node answers (`answer_queries`:
+each handler decides what the asking node may learn, e.g. only of the processes it spawned).
+Data envelopes carry `{"s": sender pid, "m": body}` to a pid and are delivered with sender 0
+and the plain body. Remote monitors end with `Down(pid, reason, node)`: the real exit reason
+when the remote process died, `noconnection` when the transport reports its node unreachable.
 
 Backpressure across nodes: a remote send never blocks. It is refused at once (`KernelError`)
 when the peer's transport queue is full or the peer is down; a message that reaches a full
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -51,6 +53,9 @@ SIGNALS = frozenset({"kill", "term", "stop", "cont"})
 # (requesting node, args, requester pid awaiting replies) -> the local pid it started, or
 # (pid, info): info is plain data handed back to the requester (e.g. the provider it runs on)
 Spawner = Callable[[str, list[Any], int], Awaitable[int | tuple[int, dict[str, Any]]]]
+# (asking node, arguments) -> the answer, plain JSON data; raising refuses with the message
+Query = Callable[[str, dict[str, Any]], Awaitable[Any]]
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +68,11 @@ class RemoteBoot:
 
 
 @dataclass(slots=True)
-class _PendingSpawn:
+class _Pending:
+    """A request to `node` awaiting its `spawned` or `answer` (matched by correlation id)."""
+
     node: str
-    watcher: int | None
+    watcher: int | None  # spawn: the local pid that monitors what starts
     future: asyncio.Future[dict[str, Any]]
 
 
@@ -96,7 +103,8 @@ class Gateway:
         self._exposed: dict[int, set[str]] = {}  # local pid -> peers that may address it
         self._watched_by: dict[int, set[tuple[str, int]]] = {}  # local pid -> remote watchers
         self._watching: dict[str, dict[int, set[int]]] = {}  # node -> remote pid -> local pids
-        self._spawns: dict[str, _PendingSpawn] = {}
+        self._queries: dict[str, Query] = {}
+        self._pending: dict[str, _Pending] = {}  # correlation id -> request awaiting a reply
         self._tasks: set[asyncio.Task[None]] = set()
         self.faults: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -123,7 +131,7 @@ class Gateway:
             self.kernel.gateway = None
         with contextlib.suppress(ValueError):
             self.kernel.events.sinks.remove(self._event)
-        for pending in self._spawns.values():
+        for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(KernelError("the node gateway closed"))
         for task in list(self._tasks):
@@ -144,6 +152,15 @@ class Gateway:
             self._self_reporting.add(name)
         else:
             self._self_reporting.discard(name)
+
+    def answer_queries(self, name: str, handler: Query) -> None:
+        """Let peers ask `name`: `handler(node, args)` returns plain JSON data (at most
+        `MAX_ANSWER_BYTES` of it), or raises to refuse with its message."""
+        self._queries[name] = handler
+
+    def exposed_to(self, pid: int, node: str) -> bool:
+        """Whether `node` may address local `pid` (it spawned it, or awaits its replies)."""
+        return node in self._exposed.get(pid, ())
 
     def exited(self, pid: int, reason: ExitReason) -> None:
         """Report `pid`'s end to the peers that watch it (for `reports_exit` exports)."""
@@ -224,19 +241,11 @@ class Gateway:
         """`spawn`, and what the peer's spawner said about what it started."""
         if node == self.node:
             raise KernelError(f"node {node!r} is this node: spawn it locally")
-        corr = new_nonce()
-        fut: asyncio.Future[dict[str, Any]] = self.kernel.loop.create_future()
-        self._spawns[corr] = _PendingSpawn(node, reply if watch else None, fut)
         self.expose(reply, node)
-        try:
-            body = {"$": "spawn", "image": image, "args": list(args), "reply": reply}
-            self._control(node, {**body, "watch": watch, "corr": corr})
-            async with asyncio.timeout(self.spawn_timeout_s if within_s is None else within_s):
-                answer = await fut
-        except TimeoutError:
-            raise KernelError(f"spawn on node {node!r}: no answer in time") from None
-        finally:
-            self._spawns.pop(corr, None)
+        body = {"$": "spawn", "image": image, "args": list(args), "reply": reply, "watch": watch}
+        answer = await self._request(
+            node, body, "spawn", watcher=reply if watch else None, within_s=within_s
+        )
         error = answer.get("error")
         if error is not None:
             raise KernelError(f"spawn on node {node!r} refused: {str(error)[:500]}")
@@ -244,6 +253,41 @@ class Gateway:
         if type(pid) is not int:
             raise KernelError(f"spawn on node {node!r}: a malformed answer")
         return pid, info if isinstance(info, dict) else {}
+
+    async def ask(
+        self, node: str, query: str, args: dict[str, Any], *, within_s: float | None = None
+    ) -> Any:
+        """Ask `node` the question it answers as `query` (see `answer_queries`)."""
+        if node == self.node:
+            raise KernelError(f"node {node!r} is this node: ask it locally")
+        answer = await self._request(
+            node, {"$": "ask", "q": query, "args": args}, query, within_s=within_s
+        )
+        error = answer.get("error")
+        if error is not None:
+            raise KernelError(f"{query} on node {node!r} refused: {str(error)[:500]}")
+        return answer.get("value")
+
+    async def _request(
+        self,
+        node: str,
+        body: dict[str, Any],
+        what: str,
+        *,
+        watcher: int | None = None,
+        within_s: float | None = None,
+    ) -> dict[str, Any]:
+        corr = new_nonce()
+        fut: asyncio.Future[dict[str, Any]] = self.kernel.loop.create_future()
+        self._pending[corr] = _Pending(node, watcher, fut)
+        try:
+            self._control(node, {**body, "corr": corr})
+            async with asyncio.timeout(self.spawn_timeout_s if within_s is None else within_s):
+                return await fut
+        except TimeoutError:
+            raise KernelError(f"{what} on node {node!r}: no answer in time") from None
+        finally:
+            self._pending.pop(corr, None)
 
     async def spawn_proxy(
         self, sys: Sys, node: str, image: str, *args: Any, watch: bool = True
@@ -354,14 +398,16 @@ class Gateway:
         k = self.kernel
         if verb == "spawn":
             self._start(self._spawn_for(node, m))
-        elif verb == "spawned":
-            pending = self._spawns.get(str(m["corr"]))
+        elif verb == "spawned" or verb == "answer":
+            pending = self._pending.get(str(m["corr"]))
             if pending is None or pending.node != node or pending.future.done():
                 return  # late (timed out) or not ours
             pid = m.get("pid")
-            if pending.watcher is not None and type(pid) is int:
+            if verb == "spawned" and pending.watcher is not None and type(pid) is int:
                 self._watching.setdefault(node, {}).setdefault(pid, set()).add(pending.watcher)
             pending.future.set_result(m)
+        elif verb == "ask":
+            self._start(self._answer(node, str(m["corr"]), str(m["q"]), m.get("args")))
         elif verb == "monitor":
             target, watcher = _int(m["target"]), _int(m["watcher"])
             p = k.procs.get(target)
@@ -436,6 +482,26 @@ class Gateway:
         with contextlib.suppress(KernelError):
             self._control(node, answer)
 
+    async def _answer(self, node: str, corr: str, query: str, args: Any) -> None:
+        handler = self._queries.get(query)
+        answer: dict[str, Any] = {"$": "answer", "corr": corr}
+        if handler is None or not isinstance(args, dict):
+            known = ", ".join(sorted(self._queries)) or "none"
+            answer["error"] = f"no question {query[:64]!r} is answered here (answered: {known})"
+        else:
+            try:
+                value = await handler(node, args)
+                size = len(json.dumps(value, separators=(",", ":")))
+            except Exception as e:  # its message goes back; the key is never in it
+                answer["error"] = str(e)[:500] or type(e).__name__
+            else:
+                if size > MAX_ANSWER_BYTES:
+                    answer["error"] = f"the answer is {size} bytes, over {MAX_ANSWER_BYTES}"
+                else:
+                    answer["value"] = value
+        with contextlib.suppress(KernelError):
+            self._control(node, answer)
+
     def _start(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = self.kernel.loop.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -472,7 +538,7 @@ class Gateway:
         for watchers in self._watched_by.values():
             for entry in [e for e in watchers if e[0] == node]:
                 watchers.discard(entry)
-        for pending in self._spawns.values():
+        for pending in self._pending.values():
             if pending.node == node and not pending.future.done():
                 pending.future.set_exception(KernelError(f"node {node!r} became unreachable"))
 

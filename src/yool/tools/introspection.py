@@ -152,12 +152,18 @@ class Inspected(Result):
 
 @operation("system", read_only=True)
 async def inspect(call: Call, args: PidArgs) -> Inspected:
-    """One process in detail: state, usage, caps, mailbox, memory, or how it ended."""
+    """One process in detail: state, usage, caps, mailbox, memory, or how it ended (a
+    remote agent's as its node sees it)."""
     session = call.session
     k = session.kernel
     agent = status_of(session.record(args.pid)) if args.pid in session.agents else None
     agent_json = None if agent is None else agent.model_dump()
     if args.pid in k.procs:
+        record = session.agents.get(args.pid)
+        if record is not None and record.node is not None and session.cluster is not None:
+            return Inspected(
+                pid=args.pid, live=True, agent=agent_json, process=await _remote(session, record)
+            )
         process = clip(k.inspect(args.pid))
         return Inspected(pid=args.pid, live=True, agent=agent_json, process=process)
     row = None
@@ -183,6 +189,18 @@ async def inspect(call: Call, args: PidArgs) -> Inspected:
 
             reason = str(ExitReason.from_json(row.reason))
     return Inspected(pid=args.pid, live=False, agent=agent_json, process=process, reason=reason)
+
+
+async def _remote(session: Session, record: AgentRecord) -> dict[str, Any]:
+    """A remote agent as its node sees it; if the node cannot say, the stub standing in for
+    it here, and why."""
+    assert session.cluster is not None
+    try:
+        process: dict[str, Any] = await session.cluster.inspect(record)
+    except KernelError as e:
+        stub = clip(session.kernel.inspect(record.pid))
+        return {**stub, "stub_for": record.node, "remote_error": str(e)}
+    return process
 
 
 # -- snapshot, restore ----------------------------------------------------------------------
