@@ -156,6 +156,35 @@ def test_capabilities_never_cross_the_wire(real: Any) -> None:
     real(go())
 
 
+def test_what_a_peer_starts_after_the_asker_gave_up_is_killed_not_left_running(
+    real: Any,
+) -> None:
+    async def go() -> None:
+        async with (
+            node("b") as (kb, gb, tb),
+            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
+        ):
+            started: list[int] = []
+
+            async def idle(sys: Sys) -> None:
+                await sys.recv()
+
+            async def slow(asker: str, args: list[Any], reply: int) -> int:
+                await asyncio.sleep(0.5)  # longer than the asker waits
+                started.append(kb.init.spawn(idle, name=f"late@{asker}").pid)
+                return started[-1]
+
+            gb.export_spawner("slow", slow)
+            me = await client(ka)
+            with pytest.raises(KernelError, match="spawn on node 'b': no answer in time"):
+                await ga.spawn("b", "slow", reply=me.pid, within_s=0.1)
+            # its late answer reached a, which had nobody waiting: a told b to kill it
+            await until(lambda: bool(started) and started[0] not in kb.procs)
+            assert str(await kb.reason_of(started[0])) == "killed(by=0)"
+
+    real(go())
+
+
 def test_unexported_images_are_refused_with_what_is_exported(real: Any) -> None:
     async def go() -> None:
         async with (
@@ -225,11 +254,15 @@ def test_a_node_answers_only_the_questions_it_offers_and_each_handler_decides(
             with pytest.raises(KernelError, match="is this node"):
                 await ga.ask("a", "name", {"pid": mine})
             assert not ga._pending  # every request was answered and forgotten
-        # a node that never answers: the asker is not left waiting past its time
-        async with node("a", peers={"b": ("127.0.0.1", free_port())}) as (_ka, ga, _ta):
-            with pytest.raises(KernelError, match="name on node 'b': no answer in time"):
-                await ga.ask("b", "name", {"pid": 1}, within_s=0.3)
-            assert not ga._pending
+        # a node that is not there: said after a short grace, and nothing is left queued
+        async with node("a", peers={"b": ("127.0.0.1", free_port())}) as (_ka, ga, ta):
+            ga.connect_grace_s = 0.3
+            with pytest.raises(KernelError, match=r"name on node 'b': not connected .*0\.3 s"):
+                await ga.ask("b", "name", {"pid": 1})
+            with pytest.raises(KernelError, match="spawn on node 'b': not connected"):
+                await ga.spawn("b", "echo", reply=1)
+            assert not ga._pending and not ga._up_waiters
+            assert [p.pending for p in ta.peers()] == [0]
 
     real(go())
 

@@ -56,6 +56,10 @@ Spawner = Callable[[str, list[Any], int], Awaitable[int | tuple[int, dict[str, A
 # (asking node, arguments) -> the answer, plain JSON data; raising refuses with the message
 Query = Callable[[str, dict[str, Any]], Awaitable[Any]]
 MAX_ANSWER_BYTES = 1024 * 1024
+# How long a request waits for a peer that is not connected before it is refused: long
+# enough for a dial's backoff (2 s at most) while both nodes start, short of a request's own
+# timeout, so a peer that is not there is said at once, and nothing is left queued for it.
+CONNECT_GRACE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,7 @@ class Gateway:
         *,
         window_s: float = 30.0,
         spawn_timeout_s: float = 60.0,
+        connect_grace_s: float = CONNECT_GRACE_S,
     ) -> None:
         if len(key) < MIN_KEY_BYTES:
             raise KernelError(f"the cluster key must be at least {MIN_KEY_BYTES} bytes")
@@ -96,6 +101,9 @@ class Gateway:
         self._key = key  # never logged, never in status or errors
         self.window_s = window_s
         self.spawn_timeout_s = spawn_timeout_s
+        self.connect_grace_s = connect_grace_s
+        self._up_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._down: set[str] = set()  # peers reported down (and not up since)
         self.guard = NonceGuard(window_s)
         self._exports: dict[str, Spawner] = {}
         self._self_reporting: set[str] = set()  # exports whose exits their exporter reports
@@ -131,9 +139,11 @@ class Gateway:
             self.kernel.gateway = None
         with contextlib.suppress(ValueError):
             self.kernel.events.sinks.remove(self._event)
-        for pending in self._pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(KernelError("the node gateway closed"))
+        waiting: list[asyncio.Future[Any]] = [p.future for p in self._pending.values()]
+        waiting += [w for ws in self._up_waiters.values() for w in ws]
+        for future in waiting:
+            if not future.done():
+                future.set_exception(KernelError("the node gateway closed"))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -277,17 +287,43 @@ class Gateway:
         watcher: int | None = None,
         within_s: float | None = None,
     ) -> dict[str, Any]:
+        limit = self.spawn_timeout_s if within_s is None else within_s
+        await self._connected(node, what, min(limit, self.connect_grace_s))
         corr = new_nonce()
         fut: asyncio.Future[dict[str, Any]] = self.kernel.loop.create_future()
         self._pending[corr] = _Pending(node, watcher, fut)
         try:
             self._control(node, {**body, "corr": corr})
-            async with asyncio.timeout(self.spawn_timeout_s if within_s is None else within_s):
+            async with asyncio.timeout(limit):
                 return await fut
         except TimeoutError:
             raise KernelError(f"{what} on node {node!r}: no answer in time") from None
         finally:
             self._pending.pop(corr, None)
+
+    async def _connected(self, node: str, what: str, grace_s: float) -> None:
+        """Return once `node` is connected; refuse if it is not within `grace_s`."""
+        if node in self._down:
+            return  # reported down: the send is refused at once, saying so
+        state = next((p for p in self.transport.peers() if p.node == node), None)
+        if state is None or state.up:
+            return  # unknown: the send refuses it; up: go
+        waiter: asyncio.Future[None] = self.kernel.loop.create_future()
+        self._up_waiters.setdefault(node, []).append(waiter)
+        try:
+            async with asyncio.timeout(grace_s):
+                await waiter
+        except TimeoutError:
+            raise KernelError(
+                f"{what} on node {node!r}: not connected (no connection in {grace_s:g} s); "
+                "check that its server runs and that YOOL_CLUSTER_PEERS names it correctly"
+            ) from None
+        finally:
+            waiters = self._up_waiters.get(node)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._up_waiters[node]
 
     async def spawn_proxy(
         self, sys: Sys, node: str, image: str, *args: Any, watch: bool = True
@@ -401,7 +437,12 @@ class Gateway:
         elif verb == "spawned" or verb == "answer":
             pending = self._pending.get(str(m["corr"]))
             if pending is None or pending.node != node or pending.future.done():
-                return  # late (timed out) or not ours
+                # Late (the asker gave up) or not ours: what it started has nobody to
+                # answer to, so it is killed rather than left running (and spending) there.
+                if verb == "spawned" and type(m.get("pid")) is int:
+                    with contextlib.suppress(KernelError):
+                        self._control(node, {"$": "signal", "pid": m["pid"], "sig": "kill"})
+                return
             pid = m.get("pid")
             if verb == "spawned" and pending.watcher is not None and type(pid) is int:
                 self._watching.setdefault(node, {}).setdefault(pid, set()).add(pending.watcher)
@@ -531,7 +572,12 @@ class Gateway:
         """Transport event: a peer that went down ends every monitor on it (noconnection)."""
         self.kernel.events.emit("node", INIT, {"node": node, "up": up})
         if up:
+            self._down.discard(node)
+            for waiter in self._up_waiters.pop(node, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
             return
+        self._down.add(node)
         for pid in list(self._watching.get(node, {})):
             self._deliver_down(node, pid, NOCONNECTION)
         self._watching.pop(node, None)
