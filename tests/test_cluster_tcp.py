@@ -546,6 +546,55 @@ def test_a_remote_agent_is_held_to_the_asking_sessions_budget_and_charged_to_it(
         slow.stop()
 
 
+def test_remote_agents_running_at_once_are_stopped_when_the_askers_budget_is_spent(
+    real: Any, tmp_path: Path
+) -> None:
+    """Each of two agents on b may spend all of a's 20,000 tokens by itself; together they
+    must not pass it by more than a step each: b reports their spend step by step, and the
+    report that overdraws a's budget ends that agent with quota(tokens)."""
+    from yool.testing import FakeProvider, Script, Turn
+    from yool.testing.fake_provider import Recorded, ThreadedFakeProvider
+
+    def step(request: Recorded) -> Turn:  # a fresh run every step (progress), 500 tokens
+        code = f"print({request.position})"
+        return Turn.say("", ("run_code", {"code": code}), usage=(400, 100))
+
+    fake = ThreadedFakeProvider(FakeProvider(Script(respond=step), latency=0.05))
+    pa, pb = free_port(), free_port()
+    a_env = _node_env(tmp_path / "a", "a", pa, peer=pb, YOOL_BUDGET_TOKENS="20000")
+    b_env = _node_env(
+        tmp_path / "b",
+        "b",
+        pb,
+        YOOL_PROVIDER="anthropic",
+        ANTHROPIC_API_KEY="sk-b",
+        ANTHROPIC_BASE_URL=fake.url,
+    )
+
+    async def go() -> None:
+        async with (
+            _mcp_node(tmp_path / "b", b_env, "legacy") as (b, _),
+            _mcp_node(tmp_path / "a", a_env, "legacy") as (a, _),
+        ):
+            pids = [
+                (await tool_result(a, "spawn", task=f"loop {i}", node="b", tools=["code"]))["pid"]
+                for i in range(2)
+            ]
+            done = await tool_result(a, "wait", pids=pids, timeout_s=60)
+            assert done["done"], done
+            assert [s["reason"] for s in done["agents"]] == ["quota(tokens)"] * 2, done
+            spent = (await tool_result(a, "ps"))["session"]["tokens"]
+            assert 20_000 < spent <= 20_000 + 2 * 500, spent
+            # on b they were stopped from a (killed), not by their own budgets there
+            there = (await tool_result(b, "ps"))["agents"]
+            assert sorted(s["reason"] for s in there) == ["killed(by=0)"] * 2, there
+
+    try:
+        real(go())
+    finally:
+        fake.stop()
+
+
 def test_mcp_fanout_of_sandboxed_runs_with_node_any_spreads_over_both_nodes(
     real: Any, tmp_path: Path
 ) -> None:

@@ -12,11 +12,12 @@ remote agent's `node/pid`.
 
 Budgets hold across nodes: the remote agent's token, USD and tool-call budgets, and its
 deadline, are capped at what the stub may still spend here (the session's budget left, at
-spawn), and the spend it reports with its result is charged to the stub's account, so up
-the asking session's tree, as a local agent's would be. What a remote agent spends is known
-here when it ends, not call by call: agents running at once on other nodes can together
-pass the asker's budget by up to what each was allowed, and the next charge here is then
-refused.
+spawn), and what it spends is charged to the stub's account, so up the asking session's
+tree, as a local agent's would be. The serving node reports the agent's running totals after
+each of its steps and with its result (totals, so a lost or repeated report charges nothing
+twice); a report that overdraws a budget here ends the stub with `quota(<meter>)`, which
+kills the agent. So agents running at once on other nodes pass the asker's budget by at most
+a step each, as local ones do by at most a call each.
 
 Serving node: `agent` is exported by a spawner that validates the arguments as `SpawnArgs`
 and starts the agent with this node's own `start_agent`: the devices, paths and budget it
@@ -36,8 +37,8 @@ from pydantic import ValidationError
 
 from yool.cluster import load_key, make_transport
 from yool.cluster.gateway import Gateway
-from yool.kernel import Down, ExitReason, KernelError, Sys
-from yool.kernel.accounts import Cost
+from yool.kernel import Down, ExitReason, Kernel, KernelError, Sys, quota
+from yool.kernel.accounts import FREE, Cost
 from yool.userland.agents import AgentResult
 
 if TYPE_CHECKING:
@@ -57,6 +58,54 @@ class RemoteLink:
     pid: int | None = None
     ref: str | None = None  # the stub's remote capability over it
     ended: bool = False
+    charged: Cost = FREE  # of its reported spend, what the stub's account has been charged
+
+    def charge(self, kernel: Kernel, stub: int, totals: Any) -> str | None:
+        """Charge the stub what the agent spent since the last report (`totals` are its
+        running totals); returns the meter that overdrew, if any. Nonsense charges nothing."""
+        try:
+            t = Cost(int(totals["tokens"]), float(totals["usd"]), int(totals["tool_calls"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        was = self.charged
+        self.charged = Cost(
+            max(was.tokens, t.tokens), max(was.usd, t.usd), max(was.tool_calls, t.tool_calls)
+        )
+        delta = Cost(
+            self.charged.tokens - was.tokens,
+            self.charged.usd - was.usd,
+            self.charged.tool_calls - was.tool_calls,
+        )
+        if not delta:
+            return None
+        try:
+            return kernel.spent_elsewhere(stub, delta)
+        except KernelError:
+            return None
+
+
+@dataclass(slots=True)
+class Served:
+    """An agent this node runs for a peer: who asked, and what it has been told was spent."""
+
+    node: str
+    stub: int  # the asker's stand-in, where reports go
+    reported: Cost = FREE
+
+    def totals(self, record: AgentRecord) -> dict[str, Any] | None:
+        """The agent's running totals if they grew since the last report (never shrinking:
+        a call's hold that is refunded later is not taken back)."""
+        record.refresh()
+        was = self.reported
+        now = Cost(
+            max(was.tokens, record.tokens),
+            max(was.usd, record.usd),
+            max(was.tool_calls, record.tool_calls),
+        )
+        if now == was:
+            return None
+        self.reported = now
+        return now.to_json()
 
 
 class ClusterNode:
@@ -66,7 +115,7 @@ class ClusterNode:
         self.session = session
         self.gateway = gateway
         self._next = itertools.count()
-        self._served: dict[int, tuple[str, int]] = {}  # local agent pid -> (node, stub pid)
+        self._served: dict[int, Served] = {}  # local agent pid -> who it runs for
         gateway.export_spawner(AGENT_IMAGE, self._serve, reports_exit=True)
         gateway.answer_queries(INSPECT, self._inspect_for)
 
@@ -206,7 +255,7 @@ class ClusterNode:
             record = start_agent(session, spawn_args, origin={"node": node, "stub": reply_pid})
         except OpError as e:
             raise KernelError(str(e)) from None
-        self._served[record.pid] = (node, reply_pid)
+        self._served[record.pid] = Served(node, reply_pid)
         return record.pid, {"provider": record.provider, "model": record.model}
 
     async def _inspect_for(self, node: str, args: dict[str, Any]) -> Any:
@@ -215,34 +264,36 @@ class ClusterNode:
 
         pid = args.get("pid")
         kernel = self.session.kernel
-        if type(pid) is not int or self._served.get(pid, ("",))[0] != node:
+        served = self._served.get(pid) if type(pid) is int else None
+        if served is None or served.node != node:
             raise KernelError(f"pid {pid!r} is not an agent this node runs for {node!r}")
         if pid not in kernel.procs:
             raise KernelError(f"agent {pid} has ended")
         return clip(kernel.inspect(pid))
 
+    def agent_step(self, record: AgentRecord) -> None:
+        """Session hook after each step of an agent: one served for a peer reports what it
+        has spent so far to its stub there."""
+        served = self._served.get(record.pid)
+        if served is not None:
+            totals = served.totals(record)
+            if totals is not None:
+                self._tell(served, {"spent": totals})
+
     def agent_result(self, record: AgentRecord, result: AgentResult) -> None:
-        """Session hook for every `AgentResult`: a remote agent's (relayed by its stub)
-        brings the spend it had there; one served for a peer goes back to it first."""
-        if record.node is not None:
-            return  # the stub charged its account with the spend before relaying it
+        """Session hook for every `AgentResult`: one served for a peer goes back to it,
+        with what it spent in all (a remote agent's own, relayed by its stub, needs
+        nothing: the stub charged its account before relaying it)."""
         served = self._served.get(record.pid)
         if served is None:
             return
-        node, stub = served
-        record.refresh()
-        body = {
-            "result": {
-                "answer": result.answer,
-                "steps": result.steps,
-                "tokens": result.tokens,
-                "usd": result.usd,
-                "tool_calls": record.tool_calls,
-                "reason": result.reason,
-            }
-        }
+        served.totals(record)
+        answer = {"answer": result.answer, "steps": result.steps, "reason": result.reason}
+        self._tell(served, {"result": answer, "spent": served.reported.to_json()})
+
+    def _tell(self, served: Served, body: dict[str, Any]) -> None:
         with contextlib.suppress(KernelError):  # unreachable: the stub gets noconnection
-            self.gateway.send(0, (node, stub), body)
+            self.gateway.send(0, (served.node, served.stub), body)
 
     def agent_down(self, record: AgentRecord, reason: ExitReason) -> None:
         """Session hook: an agent served for a peer exited: its exit goes back after."""
@@ -263,20 +314,22 @@ async def _stub(sys: Sys, node: ClusterNode, link: RemoteLink, reply_to: str) ->
         if isinstance(body, Down) and body.node == link.node:
             link.ended = True
             sys.exit(body.reason)  # its own reason, noconnection, or noproc if b forgot it
-        if msg.sender == 0 and isinstance(body, dict) and isinstance(body.get("result"), dict):
-            r = body["result"]
-            result = AgentResult(
-                answer=str(r.get("answer", "")),
-                steps=int(r.get("steps", 0)),
-                tokens=int(r.get("tokens", 0)),
-                usd=float(r.get("usd", 0.0)),
-                reason=str(r.get("reason", "")),
-                pid=sys.pid,
-            )
-            spent = Cost(result.tokens, result.usd, int(r.get("tool_calls", 0)))
-            with contextlib.suppress(KernelError):  # a peer reporting nonsense: not charged
-                node.session.kernel.spent_elsewhere(sys.pid, spent)
-            await sys.send(reply_to, result)
+        if msg.sender == 0 and isinstance(body, dict) and ("spent" in body or "result" in body):
+            over = link.charge(node.session.kernel, sys.pid, body.get("spent"))
+            r = body.get("result")
+            if isinstance(r, dict):
+                spent = link.charged
+                result = AgentResult(
+                    answer=str(r.get("answer", "")),
+                    steps=int(r.get("steps", 0)),
+                    tokens=spent.tokens,
+                    usd=spent.usd,
+                    reason=str(r.get("reason", "")),
+                    pid=sys.pid,
+                )
+                await sys.send(reply_to, result)
+            elif over is not None:  # the budget here is spent: the agent there is stopped
+                sys.exit(quota(over))
         elif msg.sender != 0 and link.ref is not None and not link.ended:
             with contextlib.suppress(KernelError):  # a lost message, as to a dead process
                 sys.send_nowait(link.ref, body if isinstance(body, str) else str(body))

@@ -444,6 +444,8 @@ class Session:
             record = self.agents.get(ev.pid or 0)
             if record is not None and ev.data.get("role") == "assistant":
                 record.steps += 1
+                if self.cluster is not None:
+                    self.cluster.agent_step(record)
 
     def _on_message(self, msg: Message) -> None:
         body = msg.body
