@@ -51,6 +51,7 @@ class Served:
         self.client = LanguageClient("yool-tests", "1", converter_factory=raw_converter)
         self.changed: list[tuple[float, dict[str, Any]]] = []  # (arrival, params)
         self.traced: list[dict[str, Any]] = []
+        self.others: list[dict[str, Any]] = []  # yool/othersChanged params
         self.progress: list[tuple[Any, dict[str, Any]]] = []  # (token, value)
         self.created: list[Any] = []  # tokens the server asked the client to create
         self.shown: list[lsp.ShowMessageParams] = []
@@ -67,6 +68,10 @@ class Served:
         @c.feature("yool/trace")
         def traced(params: Any) -> None:
             self.traced.append(params)
+
+        @c.feature("yool/othersChanged")
+        def others(params: Any) -> None:
+            self.others.append(params)
 
         @c.feature(lsp.PROGRESS)
         def progress(params: lsp.ProgressParams) -> None:
@@ -175,7 +180,8 @@ async def served(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(reader, 5)
         assert KEY not in "".join(s.stderr)
-        sent = [s.changed, s.traced, s.progress, [m.message for m in s.shown + s.logged]]
+        sent = [s.changed, s.traced, s.others, s.progress]
+        sent.append([m.message for m in s.shown + s.logged])
         assert KEY not in json.dumps(sent, default=str)
 
 
@@ -505,6 +511,55 @@ def test_agents_changed_arrives_after_spawn_and_after_exit_with_the_reason(
             assert s.changed[-1][1]["agents"] == (await s.ps())["agents"]
 
     run(main)
+
+
+def test_others_shows_another_servers_agents_on_the_same_home_as_they_change(
+    tmp_path: Path, fake: ThreadedFakeProvider
+) -> None:
+    """VS Code's agent mode runs `yool server --stdio` beside the extension's LSP server:
+    its agents are not the LSP session's, but `yool/others` shows them, and while watched
+    `yool/othersChanged` follows them from running to how they ended."""
+    env = on_fake_anthropic(fake.url, KEY)
+
+    def row(params: dict[str, Any], pid: int, status: str) -> dict[str, Any] | None:
+        agent = _agent(params, pid)
+        return agent if agent is not None and agent["status"] == status else None
+
+    async def main() -> None:
+        async with served(tmp_path, **env) as s:
+            first = await s.request("yool/others", {"watch": True})
+            assert first == {"agents": [], "watching": True}
+            mine = (await s.request("yool/spawn", {"task": "mine"}))["pid"]
+            async with Client(stdio(tmp_path, **env), mode="legacy") as mcp:
+                r = await mcp.call_tool("spawn", {"task": "HANG in agent mode"})
+                assert not r.is_error, r.content
+                assert r.structured_content is not None
+                theirs = r.structured_content["pid"]
+                running = await until(lambda: [p for p in s.others if row(p, theirs, "running")])
+                assert (row(running[0], theirs, "running") or {})["task"] == "HANG in agent mode"
+                got = await s.request("yool/others")  # no watch given: it keeps watching
+                assert got["watching"] and row(got, theirs, "running")
+                await mcp.call_tool("signal", {"pid": theirs, "signal": "kill"})
+                ended = await until(lambda: [p for p in s.others if row(p, theirs, "exited")])
+                assert (row(ended[-1], theirs, "exited") or {})["reason"].startswith("killed")
+                # not watched: nothing is pushed, but a request still reads them
+                assert (await s.request("yool/others", {"watch": False}))["watching"] is False
+                seen = len(s.others)
+                r = await mcp.call_tool("spawn", {"task": "unwatched"})
+                assert r.structured_content is not None
+                later = r.structured_content["pid"]
+                await mcp.call_tool("wait", {"pids": [later], "timeout_s": 20})
+                await asyncio.sleep(1.5)
+                assert len(s.others) == seen
+                now = await s.request("yool/others")
+                assert row(now, theirs, "exited") and row(now, later, "exited")
+            # its own agents are not among the others, and the others not in its ps
+            assert all(_agent(p, mine) is None for p in [*s.others, now])
+            assert [a["pid"] for a in (await s.ps())["agents"]] == [mine]
+            error = await s.error("yool/others", {"watch": "sometimes"})
+            assert error.code == -32602 and "watch" in str(error)
+
+    run(main, 120)
 
 
 def test_a_burst_of_spawns_gives_few_agents_changed_and_the_last_has_them_all(

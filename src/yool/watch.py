@@ -31,12 +31,15 @@ class NoStore(Exception):
     """The store is missing or unreadable; the message says what to do."""
 
 
-def open_store(path: Path) -> sqlite3.Connection:
-    """A read-only connection to the store at `path`, or `NoStore` saying what to do."""
+def open_store(path: Path, *, any_thread: bool = False) -> sqlite3.Connection:
+    """A read-only connection to the store at `path`, or `NoStore` saying what to do.
+    `any_thread`: it may be used from a thread pool (one thread at a time)."""
     if not path.is_file():
         raise NoStore(f"no yool store at {path}: start `yool server` or `yool run` first")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=not any_thread
+        )
         conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()
         conn.execute("SELECT 1 FROM kv LIMIT 1").fetchall()
     except sqlite3.Error as e:

@@ -4,7 +4,6 @@
  * channel, the status bar and the commands to the pure modules next to it.
  */
 
-import { execFile } from "node:child_process";
 import * as vscode from "vscode";
 import {
   ExecuteCommandRequest,
@@ -26,8 +25,8 @@ import {
   spawnRequest,
   spawnTask,
 } from "./commands";
-import { NOTIFY_AGENTS, NOTIFY_TRACE, Ps, REQUEST_TRACE_FOLLOW, TraceEvent, opMethod } from "./protocol";
-import { POLL_MS, StoreAgent, parseStorePs, withOthers } from "./others";
+import { NOTIFY_AGENTS, NOTIFY_OTHERS, NOTIFY_TRACE, Ps, REQUEST_OTHERS, REQUEST_TRACE_FOLLOW, TraceEvent, opMethod } from "./protocol";
+import { StoreAgent, parseOthers, withOthers } from "./others";
 import { Resolved, resolveYool } from "./resolve";
 import { settingsEnv } from "./settings";
 import { StatusView, startingView, statusView, stoppedView } from "./statusbar";
@@ -101,7 +100,6 @@ class Yool {
   /** Agents of other yool servers on this YOOL_HOME (agent mode's MCP server). */
   private others: StoreAgent[] = [];
   private yoolPath: string | undefined;
-  private polling = false;
   private readonly mcpChanged = new vscode.EventEmitter<void>();
 
   constructor(
@@ -205,6 +203,7 @@ class Yool {
     feature.register = (data) =>
       register({ ...data, registerOptions: { ...data.registerOptions, commands: serverCommands(data.registerOptions.commands) } });
     client.onNotification(NOTIFY_AGENTS, (ps: Ps) => this.update(ps));
+    client.onNotification(NOTIFY_OTHERS, (params: unknown) => this.setOthers(params));
     client.onNotification(NOTIFY_TRACE, (params: { events: TraceEvent[]; dropped?: number }) => {
       const dropped = droppedLine(params.dropped);
       if (dropped) this.trace.appendLine(dropped);
@@ -221,32 +220,31 @@ class Yool {
     }
     await this.refresh(false);
     await this.applyFollow();
+    if (this.view.visible) await this.readOthers(true);
   }
 
   /**
-   * Read other servers' agents with `yool ps --json` (it reads the store beside running
-   * servers); called while the Agents view is visible, every POLL_MS and on refresh.
+   * Other servers' agents (agent mode's MCP server, say): read now, and with `watch`, pushed
+   * by the server as they change (`yool/othersChanged`) while the Agents view is visible.
    */
-  pollOthers(): void {
-    const file = this.yoolPath;
-    if (this.polling || !file || !this.client?.isRunning()) return;
-    this.polling = true;
-    const options = { env: { ...process.env, ...this.env(false) }, cwd: this.folders()[0], timeout: 15_000 };
-    execFile(file, ["ps", "--json"], options, (error, stdout) => {
-      this.polling = false;
-      if (error) {
-        // exit 3: no store yet; anything else is logged, the view keeps the session's rows
-        if ((error as { code?: unknown }).code !== 3) this.log.warn(`yool ps --json: ${error.message}`);
-        return;
-      }
-      const rows = parseStorePs(stdout);
-      if (!Array.isArray(rows)) {
-        this.log.warn(rows.problem);
-        return;
-      }
-      this.others = rows;
-      if (this.ps) this.update(this.ps);
-    });
+  async readOthers(watch?: boolean): Promise<void> {
+    const client = this.client;
+    if (!client || !client.isRunning()) return;
+    try {
+      this.setOthers(await client.sendRequest(REQUEST_OTHERS, watch === undefined ? {} : { watch }));
+    } catch (error) {
+      this.log.warn(failureText("others", error));
+    }
+  }
+
+  private setOthers(params: unknown): void {
+    const rows = parseOthers(params);
+    if (!Array.isArray(rows)) {
+      this.log.warn(rows.problem);
+      return;
+    }
+    this.others = rows;
+    if (this.ps) this.update(this.ps);
   }
 
   /** Ask for `yool/trace` notifications as the `yool.trace.follow` setting says. */
@@ -343,7 +341,7 @@ class Yool {
   async refresh(wait = true): Promise<void> {
     const ps = await this.request<Ps>("ps", {}, opMethod("ps"), wait);
     if (ps) this.update(ps);
-    this.pollOthers();
+    await this.readOthers();
   }
 
   // -- MCP ---------------------------------------------------------------------------------
@@ -552,15 +550,7 @@ export function activate(context: vscode.ExtensionContext): void {
     }),
     vscode.workspace.onDidChangeWorkspaceFolders(() => y.settingsChanged()),
   );
-  const poll = setInterval(() => {
-    if (view.visible) y.pollOthers();
-  }, POLL_MS);
-  context.subscriptions.push(
-    { dispose: () => clearInterval(poll) },
-    view.onDidChangeVisibility((e) => {
-      if (e.visible) y.pollOthers();
-    }),
-  );
+  context.subscriptions.push(view.onDidChangeVisibility((e) => void y.readOthers(e.visible)));
   current = y;
   y.registerMcp();
   void y.restartQueued(); // activation does not wait for the server: the commands are there already

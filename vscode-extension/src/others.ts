@@ -1,8 +1,8 @@
 /**
  * Agents of other yool servers on the same YOOL_HOME, e.g. those VS Code's agent mode spawns
  * through the MCP server (a process of its own, with a session of its own): the LSP session's
- * `ps` does not list them, so the extension reads them with `yool ps --json` (which reads the
- * store, read-only, beside running servers) and adds them to the Agents view.
+ * `ps` does not list them, so the LSP server reads them from the store (`yool/others`, and
+ * `yool/othersChanged` while the Agents view is visible) and the view adds them.
  *
  * A live one is shown as `elsewhere` (the server's own word for it): it can be inspected, but
  * only the server that runs it can signal it, so the view offers no kill/stop on it.
@@ -10,10 +10,8 @@
 
 import { AgentStatus, LIVE_STATUSES, Ps } from "./protocol";
 
-/** How often the view, while visible, looks for other servers' agents. */
-export const POLL_MS = 10_000;
-
-/** A row of `yool ps --json` (yool.watch): what the extension uses of it. */
+/** A row of `yool/others` (the store's view, as `yool ps --json` prints it): what the
+ * extension uses of it. */
 export interface StoreAgent {
   pid: number;
   status: string;
@@ -27,25 +25,25 @@ export interface StoreAgent {
   origin?: Record<string, unknown> | null;
 }
 
-/** The agents of `yool ps --json` output, or why it could not be read. */
-export function parseStorePs(stdout: string): StoreAgent[] | { problem: string } {
-  let data: unknown;
-  try {
-    data = JSON.parse(stdout);
-  } catch {
-    return { problem: "yool ps --json printed no JSON" };
-  }
-  const agents = (data as { agents?: unknown } | null)?.agents;
-  if (!Array.isArray(agents)) return { problem: "yool ps --json has no agents list" };
+/** The agents of a `yool/others` answer or `yool/othersChanged` notification, or why not. */
+export function parseOthers(params: unknown): StoreAgent[] | { problem: string } {
+  const agents = (params as { agents?: unknown } | null)?.agents;
+  if (!Array.isArray(agents)) return { problem: "yool/others: no agents list" };
   return agents.filter(
     (a): a is StoreAgent =>
       typeof a === "object" && a !== null && typeof (a as StoreAgent).pid === "number" && typeof (a as StoreAgent).status === "string",
   );
 }
 
-/** The session's `ps` with the other servers' agents added (the session's own rows win). */
+/**
+ * The session's `ps` with the other servers' agents added. The session's own rows win, but
+ * for the ones it lists as `elsewhere` (running under another server when it started) the
+ * store's row is newer and replaces it.
+ */
 export function withOthers(ps: Ps, others: readonly StoreAgent[]): Ps {
-  const mine = new Set(ps.agents.map((a) => a.pid));
+  const theirs = new Set(others.map((o) => o.pid));
+  const kept = ps.agents.filter((a) => a.status !== "elsewhere" || !theirs.has(a.pid));
+  const mine = new Set(kept.map((a) => a.pid));
   const added: AgentStatus[] = others
     .filter((o) => !mine.has(o.pid) && o.pid !== ps.session.pid)
     .map((o) => ({
@@ -60,5 +58,5 @@ export function withOthers(ps: Ps, others: readonly StoreAgent[]): Ps {
       persona: o.persona ?? null,
       origin: o.origin ?? null,
     }));
-  return added.length === 0 ? ps : { ...ps, agents: [...ps.agents, ...added] };
+  return added.length === 0 && kept.length === ps.agents.length ? ps : { ...ps, agents: [...kept, ...added] };
 }

@@ -61,6 +61,9 @@ export interface OperationInfo {
 export const NOTIFY_AGENTS = "yool/agentsChanged";
 export const NOTIFY_TRACE = "yool/trace";
 export const REQUEST_TRACE_FOLLOW = "yool/traceFollow";
+/** Other yool servers' agents on this YOOL_HOME: `{watch?}` → `{agents, watching}`. */
+export const REQUEST_OTHERS = "yool/others";
+export const NOTIFY_OTHERS = "yool/othersChanged";
 
 /** The custom request that runs operation `op`. */
 export function opMethod(op: string): string {

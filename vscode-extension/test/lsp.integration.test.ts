@@ -25,8 +25,18 @@ import {
 
 import { actionRequest, agentNodes } from "../src/agents";
 import { serverCommands } from "../src/commands";
-import { parseStorePs, withOthers } from "../src/others";
-import { NOTIFY_AGENTS, NOTIFY_TRACE, OperationInfo, Ps, REQUEST_TRACE_FOLLOW, TraceEvent, opMethod } from "../src/protocol";
+import { StoreAgent, parseOthers, withOthers } from "../src/others";
+import {
+  NOTIFY_AGENTS,
+  NOTIFY_OTHERS,
+  NOTIFY_TRACE,
+  OperationInfo,
+  Ps,
+  REQUEST_OTHERS,
+  REQUEST_TRACE_FOLLOW,
+  TraceEvent,
+  opMethod,
+} from "../src/protocol";
 import { statusView } from "../src/statusbar";
 import { traceLines } from "../src/trace";
 
@@ -36,7 +46,6 @@ const skip = fs.existsSync(python)
   ? false
   : `no Python venv at ${python}: create it (python3 -m venv .venv && .venv/bin/pip install -e .) to run the LSP integration test`;
 
-const yoolBin = path.join(repo, ".venv", process.platform === "win32" ? "Scripts\\yool.exe" : "bin/yool");
 const WAIT_MS = 20_000;
 
 /** The environment a user's machine might have, minus anything secret. */
@@ -55,6 +64,7 @@ class Server {
   readonly conn: MessageConnection;
   readonly agents: Ps[] = [];
   readonly trace: TraceEvent[] = [];
+  readonly others: StoreAgent[][] = [];
   readonly messages: { type: number; message: string }[] = [];
   stderr = "";
   private waiters: (() => void)[] = [];
@@ -65,6 +75,12 @@ class Server {
     this.conn = createMessageConnection(new StreamMessageReader(this.proc.stdout!), new StreamMessageWriter(this.proc.stdin!));
     this.conn.onNotification(NOTIFY_AGENTS, (ps: Ps) => {
       this.agents.push(ps);
+      this.wake();
+    });
+    this.conn.onNotification(NOTIFY_OTHERS, (p: unknown) => {
+      const rows = parseOthers(p);
+      assert.ok(Array.isArray(rows), JSON.stringify(rows));
+      this.others.push(rows);
       this.wake();
     });
     this.conn.onNotification(NOTIFY_TRACE, (p: { events: TraceEvent[] }) => {
@@ -330,18 +346,17 @@ describe("yool server --lsp, driven over JSON-RPC", { skip, timeout: 120_000 }, 
     assert.match(shown.message, /^yool spawn: task: /);
   });
 
-  test("another server's agent on the same YOOL_HOME is listed from yool ps --json as elsewhere", async () => {
+  test("another server's agent on the same YOOL_HOME is pushed by yool/othersChanged and shown as elsewhere", async () => {
     // agent mode's MCP server is such a server: its agents are not in this session's ps
+    const watching = await server.conn.sendRequest<{ agents: unknown[]; watching: boolean }>(REQUEST_OTHERS, { watch: true });
+    assert.equal(watching.watching, true);
     const other = new Server(env, tmp);
     try {
       await initialize(other, workspace);
       const { pid } = await other.conn.sendRequest<{ pid: number }>(opMethod("spawn"), { task: "agent mode's task", provider: "anthropic" });
-      const out = await new Promise<string>((resolve, reject) =>
-        cp.execFile(yoolBin, ["ps", "--json"], { env, timeout: 30_000 }, (error, stdout) => (error ? reject(error) : resolve(stdout))),
+      const rows = await server.until("othersChanged with the other server's agent", () =>
+        [...server.others].reverse().find((r) => r.some((a) => a.pid === pid && a.status === "running")),
       );
-      const rows = parseStorePs(out);
-      assert.ok(Array.isArray(rows), JSON.stringify(rows));
-      assert.ok(rows.some((r) => r.pid === pid && r.status === "running"), out);
       const mine = await server.conn.sendRequest<Ps>(opMethod("ps"), {});
       assert.ok(!mine.agents.some((a) => a.pid === pid), "the session's own ps does not list it");
       const merged = withOthers(mine, rows);
@@ -354,6 +369,7 @@ describe("yool server --lsp, driven over JSON-RPC", { skip, timeout: 120_000 }, 
       assert.equal(inspected.process?.ended ?? null, null, "the store says it has not ended");
     } finally {
       assert.equal(await other.close(), 0);
+      await server.conn.sendRequest(REQUEST_OTHERS, { watch: false });
     }
   });
 });

@@ -1,10 +1,10 @@
-/** Other yool servers' agents (from `yool ps --json`) added to the Agents view. */
+/** Other yool servers' agents (from the server's `yool/others`) added to the Agents view. */
 
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
 
 import { agentNodes } from "../src/agents";
-import { parseStorePs, withOthers } from "../src/others";
+import { parseOthers, withOthers } from "../src/others";
 import { Ps } from "../src/protocol";
 
 const ps: Ps = {
@@ -12,19 +12,18 @@ const ps: Ps = {
   session: { pid: 9, tokens: 0, usd: 0, tool_calls: 0, remaining: {} },
 };
 
-test("yool ps --json output is read, and bad output is reported", () => {
-  const out = JSON.stringify({
-    store: "/h/yool.db",
+test("yool/others answers are read, and bad ones are reported", () => {
+  const rows = parseOthers({
     agents: [
       { pid: 4, status: "running", steps: 2, tokens: 30, usd: 0.01, provider: "anthropic", task: "from agent mode", started: 1, ended: null },
       { pid: "x", status: "running" },
     ],
+    watching: true,
   });
-  const rows = parseStorePs(out);
   assert.ok(Array.isArray(rows));
   assert.deepEqual(rows.map((r) => r.pid), [4]);
-  assert.deepEqual(parseStorePs("yool: no store"), { problem: "yool ps --json printed no JSON" });
-  assert.deepEqual(parseStorePs("{}"), { problem: "yool ps --json has no agents list" });
+  assert.deepEqual(parseOthers(null), { problem: "yool/others: no agents list" });
+  assert.deepEqual(parseOthers({}), { problem: "yool/others: no agents list" });
 });
 
 test("another server's live agent is shown as elsewhere, with inspect only; the session's rows win", () => {
@@ -45,4 +44,17 @@ test("another server's live agent is shown as elsewhere, with inspect only; the 
   assert.equal(other.contextValue, "yoolAgent:elsewhere");
   assert.equal(other.description, "running under another yool server · 2 steps · 30 tok · $0.0100");
   assert.equal(withOthers(ps, []), ps);
+});
+
+test("a row the session saw running elsewhere when it started gives way to the store's newer one", () => {
+  const started: Ps = {
+    ...ps,
+    agents: [...ps.agents, { pid: 7, status: "elsewhere", steps: 1, tokens: 5, usd: 0, task: "agent mode's" }],
+  };
+  const merged = withOthers(started, [{ pid: 7, status: "exited", reason: "normal", steps: 3, task: "agent mode's" }]);
+  assert.deepEqual(merged.agents.map((a) => [a.pid, a.status, a.reason ?? null]), [
+    [10, "running", null],
+    [7, "exited", "normal"],
+  ]);
+  assert.equal(withOthers(started, []), started); // nothing newer: kept as it was
 });

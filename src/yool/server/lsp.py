@@ -5,7 +5,9 @@ enabled operation is the custom request `yool/<op>` and the command `yool.<op>`,
 MCP tool's arguments and answering its structured result. One `Session` lives from
 `initialize` to `shutdown`/`exit` (or the client going away). Changes to the agents, and
 the kernel's events once the client asks for them, are pushed as `yool/agentsChanged` and
-`yool/trace` notifications, coalesced so a burst never floods the editor; a blocking
+`yool/trace` notifications, coalesced so a burst never floods the editor; `yool/others`
+reads the agents other yool servers run on the same store (VS Code's agent mode starts one),
+and while watched pushes `yool/othersChanged`; a blocking
 operation reports `$/progress`. Nothing here decides anything: a handler validates the
 arguments against the operation's input model, calls it, and translates its result or its
 failure (in the MCP server's wording, `failure_message`) into JSON-RPC. The protocol is
@@ -57,6 +59,7 @@ from pygls.uris import to_fs_path
 from yool import __version__
 from yool.kernel.events import Event
 from yool.policy import RuntimePolicy
+from yool.server.elsewhere import Elsewhere
 from yool.server.failures import failure_message
 from yool.tools import Call, Operation, Session, enabled
 from yool.tools.introspection import event_json
@@ -67,6 +70,8 @@ log = logging.getLogger("yool.server.lsp")
 METHOD = "yool/"  # custom requests: yool/<op>
 COMMAND = "yool."  # workspace/executeCommand commands: yool.<op>
 AGENTS_CHANGED = "yool/agentsChanged"
+OTHERS = "yool/others"  # other yool servers' agents on this YOOL_HOME (server/elsewhere.py)
+OTHERS_CHANGED = "yool/othersChanged"
 TRACE = "yool/trace"
 TRACE_FOLLOW = "yool/traceFollow"
 OP_REFUSED = -32001  # an OpError, a kernel refusal, a validator's ValueError
@@ -263,6 +268,11 @@ class _FollowArgs(BaseModel):
     follow: bool = True
 
 
+class _OthersArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    watch: bool | None = None  # True: push yool/othersChanged until False
+
+
 def _handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handle(*args: Any) -> Any:
         return await method(*args)
@@ -301,10 +311,12 @@ class YoolLanguageServer(LanguageServer):
         self._following = False
         self._events: deque[Event] = deque(maxlen=TRACE_BUFFER)
         self._dropped = 0
+        self._elsewhere: Elsewhere | None = None
         for name in self.operations:
             self.feature(METHOD + name)(self._request(name))
         # pygls tags each handler with attributes, which a bound method cannot take.
         self.feature(TRACE_FOLLOW)(_handler(self._trace_follow))
+        self.feature(OTHERS)(_handler(self._others))
         self.feature(lsp.INITIALIZE)(_handler(self._on_initialize))
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -332,6 +344,16 @@ class YoolLanguageServer(LanguageServer):
         self._agents = _Coalesced(COALESCE_S, self._send_agents)
         self._trace = _Coalesced(COALESCE_S, self._send_trace)
         session.kernel.events.sinks.append(self._on_event)
+        self._elsewhere = Elsewhere(session.policy.db_path, self._mine, self._send_others)
+
+    def _mine(self, pid: int) -> bool:
+        """A store row the session's own `ps` already shows (not one it only saw running
+        under another server when it opened: the store knows better how that one is)."""
+        session = self.session
+        if session is None:
+            return False
+        record = session.agents.get(pid)
+        return pid == session.pid or (record is not None and record.status != "elsewhere")
 
     def request_exit(self) -> None:
         """The client sent `exit` (or a signal came): stop serving."""
@@ -351,6 +373,9 @@ class YoolLanguageServer(LanguageServer):
         for coalesced in (self._agents, self._trace):
             if coalesced is not None:
                 coalesced.close()
+        if self._elsewhere is not None:
+            elsewhere, self._elsewhere = self._elsewhere, None
+            await elsewhere.close()
         if session is not None:
             with contextlib.suppress(ValueError):
                 session.kernel.events.sinks.remove(self._on_event)
@@ -502,7 +527,22 @@ class YoolLanguageServer(LanguageServer):
             self._dropped = 0
         return {}
 
+    async def _others(self, params: Any) -> dict[str, Any]:
+        try:
+            args = _OthersArgs.model_validate({} if params is None else params)
+        except ValidationError as e:
+            raise _invalid(e) from None
+        elsewhere = self._elsewhere
+        if elsewhere is None:
+            raise JsonRpcServerNotInitialized("the server is not initialized")
+        if args.watch is not None:
+            elsewhere.watch(args.watch)
+        return {"agents": await elsewhere.read(), "watching": elsewhere.watching}
+
     # -- notifications ------------------------------------------------------------------
+
+    def _send_others(self, rows: list[dict[str, Any]]) -> None:
+        self.protocol.notify_json(OTHERS_CHANGED, {"agents": rows})
 
     def _on_event(self, ev: Event) -> None:
         """Kernel event sink: note what to notify; never blocks, never raises."""
