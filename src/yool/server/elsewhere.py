@@ -93,7 +93,10 @@ class Elsewhere:
                 others = self._others(rows)
                 if others != self._last:
                     self._last = others
-                    self.changed(others)
+                    try:
+                        self.changed(others)
+                    except Exception:  # the editor went away mid-send: keep looking
+                        log.exception("could not send the other servers' agents")
             await asyncio.sleep(self.interval)
 
     def _others(self, rows: Rows) -> Rows:
