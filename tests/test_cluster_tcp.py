@@ -365,6 +365,11 @@ def test_a_peer_that_restarts_is_reconnected(real: Any) -> None:
 # -- end to end: two `yool server --stdio` nodes through the real MCP client ----------------
 
 
+def listed_node(ps: dict[str, Any], pid: int) -> str:
+    """Where `ps` says agent `pid` runs ("b/17")."""
+    return str(next(a for a in ps["agents"] if a["pid"] == pid)["node"])
+
+
 def _node_env(home: Path, name: str, port: int, *, peer: int | None = None, **extra: str) -> Any:
     env = server_env(
         home,
@@ -468,6 +473,11 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                 assert agent["tokens"] > 0  # spent on b, reported with its result
                 # the next one is still thinking when node b is killed outright
                 pid2 = (await tool_result(a, "spawn", task="a long one", node="b", tools=[]))["pid"]
+                # b stops answering: a's inspect says so and shows what it has (the stub)
+                os.kill(b_pid, signal.SIGSTOP)
+                seen = await tool_result(a, "inspect", pid=pid2)
+                assert seen["process"]["stub_for"] == listed_node(await tool_result(a, "ps"), pid2)
+                assert "node 'b'" in seen["process"]["remote_error"]
                 os.kill(b_pid, signal.SIGKILL)
                 done = await tool_result(a, "wait", pids=[pid2], timeout_s=20)
                 assert done["done"], done

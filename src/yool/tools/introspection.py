@@ -198,8 +198,10 @@ async def _remote(session: Session, record: AgentRecord) -> dict[str, Any]:
     try:
         process: dict[str, Any] = await session.cluster.inspect(record)
     except KernelError as e:
-        stub = clip(session.kernel.inspect(record.pid))
-        return {**stub, "stub_for": record.node, "remote_error": str(e)}
+        note = {"stub_for": record.node, "remote_error": str(e)}
+        if record.pid not in session.kernel.procs:  # it ended while we asked (noconnection)
+            return {"pid": record.pid, **note}
+        return {**clip(session.kernel.inspect(record.pid)), **note}
     return process
 
 
