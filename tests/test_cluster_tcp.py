@@ -461,6 +461,8 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                 async with node("c", peers={"b": ("127.0.0.1", pb)}) as (_kc, gc, _tc):
                     with pytest.raises(KernelError, match="not an agent this node runs for 'c'"):
                         await gc.ask("b", "inspect", {"pid": int(remote_pid)}, within_s=10)
+                    with pytest.raises(KernelError, match="not an agent this node runs for 'c'"):
+                        await gc.ask("b", "trace", {"pid": int(remote_pid)}, within_s=10)
                 # it finishes on b: a's wait sees its answer and its true exit reason
                 done = await tool_result(a, "wait", pids=[pid], timeout_s=20)
                 assert done["done"], done
@@ -471,6 +473,19 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                     "All done.",
                 )
                 assert agent["tokens"] > 0  # spent on b, reported with its result
+                # ended, it is still inspected and traced as b keeps it
+                seen = await tool_result(a, "inspect", pid=pid)
+                assert (seen["live"], seen["reason"], seen["process"]["node"]) == (
+                    False,
+                    "normal",
+                    "b",
+                )
+                assert seen["process"]["pid"] == int(remote_pid)
+                traced = await tool_result(a, "trace", pid=pid, n=200)
+                assert traced["node"] == "b" and "note" not in traced
+                assert {e["pid"] for e in traced["events"]} == {int(remote_pid)}
+                assert "All done." in json.dumps(traced["events"])
+                assert [e["kind"] for e in traced["events"]][-1] == "exit"
                 # the next one is still thinking when node b is killed outright
                 pid2 = (await tool_result(a, "spawn", task="a long one", node="b", tools=[]))["pid"]
                 # b stops answering: a's inspect says so and shows what it has (the stub)
@@ -478,6 +493,9 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                 seen = await tool_result(a, "inspect", pid=pid2)
                 assert seen["process"]["stub_for"] == listed_node(await tool_result(a, "ps"), pid2)
                 assert "node 'b'" in seen["process"]["remote_error"]
+                traced = await tool_result(a, "trace", pid=pid2)
+                assert "its node could not say" in traced["note"] and "node" not in traced
+                assert {e["pid"] for e in traced["events"]} == {pid2}  # the stub's, here
                 os.kill(b_pid, signal.SIGKILL)
                 done = await tool_result(a, "wait", pids=[pid2], timeout_s=20)
                 assert done["done"], done

@@ -5,8 +5,8 @@ under the session, then asks the peer's gateway to start image `agent` with the 
 arguments. The stub has a real local pid, so every MCP tool works on a remote agent as on a
 local one: `wait` waits for the stub, `send` gives it a message it forwards over its remote
 capability, `signal` kill kills the stub (which forwards the kill), stop/cont/term are
-forwarded, `inspect` asks the serving node (which answers only about the agents it runs for
-the asker). The stub relays the remote `AgentResult` to the session and ends with the remote
+forwarded, `inspect` and `trace` ask the serving node (which answers only about the agents
+it runs or ran for the asker, the last `REMEMBERED` of them). The stub relays the remote `AgentResult` to the session and ends with the remote
 agent's own exit reason, or `noconnection` when its node becomes unreachable. `ps` shows the
 remote agent's `node/pid`.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from yool.cluster import load_key, make_transport
 from yool.cluster.gateway import Gateway
 from yool.kernel import Down, ExitReason, Kernel, KernelError, Sys, quota
 from yool.kernel.accounts import FREE, Cost
+from yool.tools.introspection import INSPECT, TRACE
 from yool.userland.agents import AgentResult
 
 if TYPE_CHECKING:
@@ -46,8 +48,8 @@ if TYPE_CHECKING:
     from yool.tools.session import AgentRecord, Session
 
 AGENT_IMAGE = "agent"
-INSPECT = "inspect"  # the question a node answers about an agent it runs for the asker
 ANY_NODE = "any"
+REMEMBERED = 4096  # agents run for peers whose inspect and trace are still answered
 
 
 @dataclass(slots=True)
@@ -116,8 +118,11 @@ class ClusterNode:
         self.gateway = gateway
         self._next = itertools.count()
         self._served: dict[int, Served] = {}  # local agent pid -> who it runs for
+        # local agent pid -> the node it ran for, live or ended (the most recent REMEMBERED)
+        self._ran_for: OrderedDict[int, str] = OrderedDict()
         gateway.export_spawner(AGENT_IMAGE, self._serve, reports_exit=True)
         gateway.answer_queries(INSPECT, self._inspect_for)
+        gateway.answer_queries(TRACE, self._trace_for)
 
     @classmethod
     async def attach(cls, session: Session) -> ClusterNode:
@@ -220,13 +225,13 @@ class ClusterNode:
         node, _, pid = (record.node or "").partition("/")
         self.gateway.signal(record.pid, (node, int(pid)), sig)
 
-    async def inspect(self, record: AgentRecord) -> dict[str, Any]:
-        """The serving node's view of the live remote agent `record` stands in for."""
+    async def ask_about(self, record: AgentRecord, query: str, args: dict[str, Any]) -> Any:
+        """Ask the node that runs (or ran) the agent `record` stands in for about it."""
         node, _, pid = (record.node or "").partition("/")
-        process = await self.gateway.ask(node, INSPECT, {"pid": int(pid)}, within_s=10.0)
-        if not isinstance(process, dict):
-            raise KernelError(f"inspect on node {node!r}: a malformed answer")
-        return {**process, "node": node}
+        answer = await self.gateway.ask(node, query, {**args, "pid": int(pid)}, within_s=10.0)
+        if not isinstance(answer, dict):
+            raise KernelError(f"{query} on node {node!r}: a malformed answer")
+        return answer
 
     def _stub_ended(self, link: RemoteLink) -> None:
         """The stub died first (killed here): kill what it stood in for."""
@@ -256,20 +261,39 @@ class ClusterNode:
         except OpError as e:
             raise KernelError(str(e)) from None
         self._served[record.pid] = Served(node, reply_pid)
+        self._ran_for[record.pid] = node
+        while len(self._ran_for) > REMEMBERED:
+            self._ran_for.popitem(last=False)
         return record.pid, {"provider": record.provider, "model": record.model}
 
-    async def _inspect_for(self, node: str, args: dict[str, Any]) -> Any:
-        """`inspect` of an agent this node runs for `node` (and of nothing else)."""
-        from yool.tools.introspection import clip
-
+    def _ran_for_asker(self, node: str, args: dict[str, Any]) -> int:
+        """The pid asked about, if it is an agent this node runs (or ran) for `node`: a peer
+        learns of nothing else here."""
         pid = args.get("pid")
-        kernel = self.session.kernel
-        served = self._served.get(pid) if type(pid) is int else None
-        if served is None or served.node != node:
+        if type(pid) is not int or self._ran_for.get(pid) != node:
             raise KernelError(f"pid {pid!r} is not an agent this node runs for {node!r}")
-        if pid not in kernel.procs:
-            raise KernelError(f"agent {pid} has ended")
-        return clip(kernel.inspect(pid))
+        return pid
+
+    async def _inspect_for(self, node: str, args: dict[str, Any]) -> Any:
+        from yool.tools.introspection import inspect_of
+
+        seen = await inspect_of(self.session, self._ran_for_asker(node, args))
+        return seen.model_dump(mode="json", exclude_none=True)
+
+    async def _trace_for(self, node: str, args: dict[str, Any]) -> Any:
+        from yool.tools.introspection import MAX_EVENTS, recent_events
+
+        pid = self._ran_for_asker(node, args)
+        n, kinds = args.get("n", 50), args.get("kinds")
+        if type(n) is not int or not 1 <= n <= MAX_EVENTS:
+            raise KernelError(f"n must be an integer from 1 to {MAX_EVENTS}")
+        if kinds is not None and not (
+            isinstance(kinds, list) and all(isinstance(k, str) for k in kinds)
+        ):
+            raise KernelError("kinds must be a list of event kinds")
+        wanted = frozenset(kinds) if kinds else None
+        events, source = await recent_events(self.session, pid, n, wanted)
+        return {"events": events, "source": source}
 
     def agent_step(self, record: AgentRecord) -> None:
         """Session hook after each step of an agent: one served for a peer reports what it

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 
 from yool.kernel import KernelError
 from yool.kernel.events import Event
@@ -29,6 +29,7 @@ from yool.tools.table import Args, Call, OpError, Result, operation
 from yool.userland.agents import AgentSpec
 
 MAX_EVENTS = 1000
+INSPECT, TRACE = "inspect", "trace"  # what a node answers a peer about the agents it runs for it
 TEXT_CHARS = 500  # of each string in an event's data
 LIST_ITEMS = 50  # of each list in an event's data
 STORE_PAGE = 1000
@@ -124,14 +125,28 @@ class Trace(Result):
     model_config = COMPACT
     events: list[dict[str, Any]]  # TraceEvent: seq, ts, kind, pid, data
     source: Literal["ring", "store"]
+    node: str | None = None  # a remote agent's events, as its node keeps them (its pids)
+    note: str | None = None  # why they are not (its node could not say)
 
 
 @operation("system", read_only=True)
 async def trace(call: Call, args: TraceArgs) -> Trace:
     """Recent kernel events (spawns, exits, signals, agent turns), of one pid or all."""
+    session = call.session
+    record = session.agents.get(args.pid) if args.pid is not None else None
+    note = None
+    if record is not None and record.node is not None and session.cluster is not None:
+        try:
+            asked = {"n": args.n, "kinds": args.kinds}
+            there = await session.cluster.ask_about(record, TRACE, asked)
+            events = [TraceEvent(**e).model_dump() for e in there["events"]]
+            source: Literal["ring", "store"] = "store" if there.get("source") == "store" else "ring"
+            return Trace(events=events, source=source, node=record.node.partition("/")[0])
+        except (KernelError, KeyError, TypeError, ValidationError) as e:
+            note = f"its node could not say ({e}); these are its stub's events here"
     kinds = frozenset(args.kinds) if args.kinds else None
-    events, source = await recent_events(call.session, args.pid, args.n, kinds)
-    return Trace(events=[TraceEvent(**e).model_dump() for e in events], source=source)
+    found, where = await recent_events(session, args.pid, args.n, kinds)
+    return Trace(events=[TraceEvent(**e).model_dump() for e in found], source=where, note=note)
 
 
 # -- inspect ------------------------------------------------------------------------------
@@ -155,23 +170,25 @@ async def inspect(call: Call, args: PidArgs) -> Inspected:
     """One process in detail: state, usage, caps, mailbox, memory, or how it ended (a
     remote agent's as its node sees it)."""
     session = call.session
+    record = session.agents.get(args.pid)
+    if record is not None and record.node is not None and session.cluster is not None:
+        return await _inspect_remote(session, record)
+    return await inspect_of(session, args.pid)
+
+
+async def inspect_of(session: Session, pid: int) -> Inspected:
+    """`inspect` of a pid of this node (also what a node answers a peer about its agents)."""
     k = session.kernel
-    agent = status_of(session.record(args.pid)) if args.pid in session.agents else None
+    agent = status_of(session.record(pid)) if pid in session.agents else None
     agent_json = None if agent is None else agent.model_dump()
-    if args.pid in k.procs:
-        record = session.agents.get(args.pid)
-        if record is not None and record.node is not None and session.cluster is not None:
-            return Inspected(
-                pid=args.pid, live=True, agent=agent_json, process=await _remote(session, record)
-            )
-        process = clip(k.inspect(args.pid))
-        return Inspected(pid=args.pid, live=True, agent=agent_json, process=process)
+    if pid in k.procs:
+        return Inspected(pid=pid, live=True, agent=agent_json, process=clip(k.inspect(pid)))
     row = None
     if k.store is not None:
         await k.store.aflush()
-        row = await k.store.aprocess(args.pid)
+        row = await k.store.aprocess(pid)
     if row is None and agent is None:
-        raise OpError(f"pid: no process {args.pid} is live or recorded (see ps or trace)")
+        raise OpError(f"pid: no process {pid} is live or recorded (see ps or trace)")
     process = None
     reason = agent.reason if agent is not None else None
     if row is not None:
@@ -188,21 +205,31 @@ async def inspect(call: Call, args: PidArgs) -> Inspected:
             from yool.kernel import ExitReason
 
             reason = str(ExitReason.from_json(row.reason))
-    return Inspected(pid=args.pid, live=False, agent=agent_json, process=process, reason=reason)
+    return Inspected(pid=pid, live=False, agent=agent_json, process=process, reason=reason)
 
 
-async def _remote(session: Session, record: AgentRecord) -> dict[str, Any]:
-    """A remote agent as its node sees it; if the node cannot say, the stub standing in for
-    it here, and why."""
-    assert session.cluster is not None
+async def _inspect_remote(session: Session, record: AgentRecord) -> Inspected:
+    """A remote agent as its node sees it (live or ended), with this session's record of
+    it; if the node cannot say, the stub standing in for it here, and why."""
+    assert session.cluster is not None and record.node is not None
+    agent = status_of(session.record(record.pid)).model_dump()
     try:
-        process: dict[str, Any] = await session.cluster.inspect(record)
+        there = await session.cluster.ask_about(record, INSPECT, {})
+        process = there.get("process")
+        reason = there.get("reason")
+        return Inspected(
+            pid=record.pid,
+            live=bool(there.get("live")),
+            agent=agent,
+            process={**process, "node": record.node.partition("/")[0]}
+            if isinstance(process, dict)
+            else None,
+            reason=reason if isinstance(reason, str) else None,
+        )
     except KernelError as e:
+        here = await inspect_of(session, record.pid)
         note = {"stub_for": record.node, "remote_error": str(e)}
-        if record.pid not in session.kernel.procs:  # it ended while we asked (noconnection)
-            return {"pid": record.pid, **note}
-        return {**clip(session.kernel.inspect(record.pid)), **note}
-    return process
+        return here.model_copy(update={"process": {**(here.process or {}), **note}})
 
 
 # -- snapshot, restore ----------------------------------------------------------------------
