@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from stdio_servers import server_env, tool_error, tool_result
+from stdio_servers import on_fake_anthropic, server_env, tool_error, tool_result
 
 MARK = f"yool-ray-test-{uuid.uuid4().hex[:12]}"
 # Set before Ray is imported: no usage reporting; a one-host cluster stays on 127.0.0.1; and a
@@ -224,12 +224,7 @@ def test_mcp_spawn_on_a_ray_node_exchange_monitor_and_noconnection_when_the_node
     # c's agents think for a while, so there is time to talk to them and to remove c under them
     slow = ThreadedFakeProvider(FakeProvider(Script([Turn.say("All done.")]), latency=2.5))
     env = _node_env(tmp_path / "a", "a", YOOL_CLUSTER_PEERS="c", YOOL_RAY_ADDRESS=cluster.address)
-    c_env = _yool_env(
-        tmp_path / "c",
-        YOOL_PROVIDER="anthropic",
-        ANTHROPIC_API_KEY="sk-c",
-        ANTHROPIC_BASE_URL=slow.url,
-    )
+    c_env = _yool_env(tmp_path / "c", **on_fake_anthropic(slow.url, "sk-c"))
 
     c = cluster.cluster.add_node(**SMALL, resources={"yool-c": 1})  # (main thread only)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from stdio_servers import server_env, tool_error, tool_result
+from stdio_servers import on_fake_anthropic, server_env, tool_error, tool_result
 from yool.cluster.envelope import seal
 from yool.cluster.gateway import Gateway, RemoteBoot
 from yool.cluster.tcp import TcpTransport
@@ -47,6 +47,9 @@ async def echo(sys: Sys, boot: RemoteBoot, greeting: str) -> None:
         await sys.send(boot.reply, {"echo": msg.body})
 
 
+Node = tuple[Kernel, Gateway, TcpTransport]
+
+
 @asynccontextmanager
 async def node(
     name: str,
@@ -56,7 +59,7 @@ async def node(
     key: bytes = KEY,
     down_after_s: float = 0.5,
     max_pending: int = 64,
-) -> AsyncIterator[tuple[Kernel, Gateway, TcpTransport]]:
+) -> AsyncIterator[Node]:
     async with Kernel() as k:
         t = TcpTransport(
             name,
@@ -72,6 +75,13 @@ async def node(
             yield k, gw, t
         finally:
             await gw.close()
+
+
+@asynccontextmanager
+async def pair() -> AsyncIterator[tuple[Node, Node]]:
+    """Node b, and node a with b as its peer: ((kernel, gateway, transport) of b, of a)."""
+    async with node("b") as b, node("a", peers={"b": ("127.0.0.1", b[2].address[1])}) as a:
+        yield b, a
 
 
 async def until(cond: Any, within_s: float = 5.0) -> None:
@@ -94,10 +104,7 @@ async def client(k: Kernel) -> Sys:
 
 def test_remote_spawn_exchange_and_monitor_with_the_real_exit_reason(real: Any) -> None:
     async def go() -> None:
-        async with (
-            node("b") as (kb, _gb, tb),
-            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
-        ):
+        async with pair() as ((kb, _gb, _tb), (ka, ga, _ta)):
             me = await client(ka)
             ref = await ga.spawn_proxy(me, "b", "echo", "hi")
             hello = await me.recv(timeout=5)
@@ -139,10 +146,7 @@ def test_a_node_that_goes_away_ends_its_monitors_with_noconnection(real: Any) ->
 
 def test_capabilities_never_cross_the_wire(real: Any) -> None:
     async def go() -> None:
-        async with (
-            node("b") as (_kb, _gb, tb),
-            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
-        ):
+        async with pair() as ((_kb, _gb, _tb), (ka, ga, _ta)):
             me = await client(ka)
             ref = await ga.spawn_proxy(me, "b", "echo", "hi")
             await me.recv(timeout=5)
@@ -160,10 +164,7 @@ def test_what_a_peer_starts_after_the_asker_gave_up_is_killed_not_left_running(
     real: Any,
 ) -> None:
     async def go() -> None:
-        async with (
-            node("b") as (kb, gb, tb),
-            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
-        ):
+        async with pair() as ((kb, gb, _tb), (ka, ga, _ta)):
             started: list[int] = []
 
             async def idle(sys: Sys) -> None:
@@ -187,10 +188,7 @@ def test_what_a_peer_starts_after_the_asker_gave_up_is_killed_not_left_running(
 
 def test_unexported_images_are_refused_with_what_is_exported(real: Any) -> None:
     async def go() -> None:
-        async with (
-            node("b") as (_kb, _gb, tb),
-            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
-        ):
+        async with pair() as ((_kb, _gb, _tb), (ka, ga, _ta)):
             me = await client(ka)
             with pytest.raises(KernelError, match=r"no exported image 'rm-rf' \(exported: echo\)"):
                 await ga.spawn_proxy(me, "b", "rm-rf")
@@ -202,10 +200,7 @@ def test_exported_images_get_only_the_devices_their_export_grants(real: Any) -> 
     from yool.drivers.kv import KVDriver
 
     async def go() -> None:
-        async with (
-            node("b") as (kb, gb, tb),
-            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
-        ):
+        async with pair() as ((kb, gb, _tb), (ka, ga, _ta)):
             kb.register_driver(KVDriver(None))
             gb.export("echo-kv", echo, grant=("kv",))
             me = await client(ka)
@@ -224,10 +219,7 @@ def test_a_node_answers_only_the_questions_it_offers_and_each_handler_decides(
     from yool.cluster.gateway import MAX_ANSWER_BYTES
 
     async def go() -> None:
-        async with (
-            node("b") as (kb, gb, tb),
-            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
-        ):
+        async with pair() as ((kb, gb, _tb), (ka, ga, _ta)):
             me = await client(ka)
             await ga.spawn_proxy(me, "b", "echo", "hi")
             await me.recv(timeout=5)
@@ -414,11 +406,7 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
 
     # b's agents think for a while, so there is time to talk to them and to kill b under them
     slow = ThreadedFakeProvider(FakeProvider(Script([Turn.say("All done.")]), latency=2.5))
-    fake_b = {
-        "YOOL_PROVIDER": "anthropic",
-        "ANTHROPIC_API_KEY": "sk-b",
-        "ANTHROPIC_BASE_URL": slow.url,
-    }
+    fake_b = on_fake_anthropic(slow.url, "sk-b")
     pa, pb = free_port(), free_port()
 
     async def go() -> None:
@@ -526,14 +514,7 @@ def test_a_remote_agent_is_held_to_the_asking_sessions_budget_and_charged_to_it(
     a_env = _node_env(
         tmp_path / "a", "a", pa, peer=pb, YOOL_BUDGET_TOKENS="5000", YOOL_BUDGET_WALL_S="600"
     )
-    b_env = _node_env(
-        tmp_path / "b",
-        "b",
-        pb,
-        YOOL_PROVIDER="anthropic",
-        ANTHROPIC_API_KEY="sk-b",
-        ANTHROPIC_BASE_URL=slow.url,
-    )
+    b_env = _node_env(tmp_path / "b", "b", pb, **on_fake_anthropic(slow.url, "sk-b"))
 
     async def remote_budget(b: Any, node_pid: str) -> tuple[float, float | None]:
         """The token budget of the agent on b (spent, held for its call, and left) and how
@@ -590,14 +571,7 @@ def test_remote_agents_running_at_once_are_stopped_when_the_askers_budget_is_spe
     fake = ThreadedFakeProvider(FakeProvider(Script(respond=step), latency=0.05))
     pa, pb = free_port(), free_port()
     a_env = _node_env(tmp_path / "a", "a", pa, peer=pb, YOOL_BUDGET_TOKENS="20000")
-    b_env = _node_env(
-        tmp_path / "b",
-        "b",
-        pb,
-        YOOL_PROVIDER="anthropic",
-        ANTHROPIC_API_KEY="sk-b",
-        ANTHROPIC_BASE_URL=fake.url,
-    )
+    b_env = _node_env(tmp_path / "b", "b", pb, **on_fake_anthropic(fake.url, "sk-b"))
 
     async def go() -> None:
         async with (
@@ -638,11 +612,7 @@ def test_mcp_fanout_of_sandboxed_runs_with_node_any_spreads_over_both_nodes(
     fakes = {name: ThreadedFakeProvider(FakeProvider(script())) for name in "ab"}
 
     def env(name: str, port: int, peer: int | None) -> dict[str, str]:
-        llm = {
-            "YOOL_PROVIDER": "anthropic",
-            "ANTHROPIC_API_KEY": f"sk-{name}",
-            "ANTHROPIC_BASE_URL": fakes[name].url,
-        }
+        llm = on_fake_anthropic(fakes[name].url, f"sk-{name}")
         return _node_env(tmp_path / name, name, port, peer=peer, **llm)  # type: ignore[no-any-return]
 
     pa, pb = free_port(), free_port()
@@ -784,10 +754,7 @@ def test_a_peer_that_stops_answering_heartbeats_is_down_though_its_socket_is_ope
 
 def test_remote_kill_and_stop_reach_the_process_and_its_down_comes_back(real: Any) -> None:
     async def go() -> None:
-        async with (
-            node("b") as (kb, _gb, tb),
-            node("a", peers={"b": ("127.0.0.1", tb.address[1])}) as (ka, ga, _ta),
-        ):
+        async with pair() as ((kb, _gb, _tb), (ka, ga, _ta)):
             me = await client(ka)
             ref = await ga.spawn_proxy(me, "b", "echo", "hi")
             await me.recv(timeout=5)
