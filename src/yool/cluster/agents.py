@@ -6,9 +6,9 @@ arguments. The stub has a real local pid, so every MCP tool works on a remote ag
 local one: `wait` waits for the stub, `send` gives it a message it forwards over its remote
 capability, `signal` kill kills the stub (which forwards the kill), stop/cont/term are
 forwarded, `inspect` and `trace` ask the serving node (which answers only about the agents
-it runs or ran for the asker, the last `REMEMBERED` of them). The stub relays the remote `AgentResult` to the session and ends with the remote
-agent's own exit reason, or `noconnection` when its node becomes unreachable. `ps` shows the
-remote agent's `node/pid`.
+it runs or ran for the asker, the last `REMEMBERED` of them). The stub relays the remote
+`AgentResult` to the session and ends with the remote agent's own exit reason, or
+`noconnection` when its node becomes unreachable. `ps` shows the remote agent's `node/pid`.
 
 Budgets hold across nodes: the remote agent's token, USD and tool-call budgets, and its
 deadline, are capped at what the stub may still spend here (the session's budget left, at
@@ -70,9 +70,7 @@ class RemoteLink:
         except (KeyError, TypeError, ValueError):
             return None
         was = self.charged
-        self.charged = Cost(
-            max(was.tokens, t.tokens), max(was.usd, t.usd), max(was.tool_calls, t.tool_calls)
-        )
+        self.charged = _high_water(was, t)
         delta = Cost(
             self.charged.tokens - was.tokens,
             self.charged.usd - was.usd,
@@ -99,15 +97,18 @@ class Served:
         a call's hold that is refunded later is not taken back)."""
         record.refresh()
         was = self.reported
-        now = Cost(
-            max(was.tokens, record.tokens),
-            max(was.usd, record.usd),
-            max(was.tool_calls, record.tool_calls),
-        )
+        now = _high_water(was, Cost(record.tokens, record.usd, record.tool_calls))
         if now == was:
             return None
         self.reported = now
         return now.to_json()
+
+
+def _high_water(was: Cost, now: Cost) -> Cost:
+    """Each meter's larger figure: running totals only ever grow."""
+    return Cost(
+        max(was.tokens, now.tokens), max(was.usd, now.usd), max(was.tool_calls, now.tool_calls)
+    )
 
 
 class ClusterNode:
