@@ -474,8 +474,12 @@ def test_mcp_spawn_on_the_other_node_exchange_monitor_and_noconnection_when_it_i
                 assert {e["pid"] for e in traced["events"]} == {int(remote_pid)}
                 assert "All done." in json.dumps(traced["events"])
                 assert [e["kind"] for e in traced["events"]][-1] == "exit"
+                # its journal is on b: re-running it is b's to do, and a says so
+                assert "ran on node 'b'" in await tool_error(a, "replay", pid=pid)
+                assert "ran on node 'b'" in await tool_error(a, "fork", pid=pid, steps=0)
                 # the next one is still thinking when node b is killed outright
                 pid2 = (await tool_result(a, "spawn", task="a long one", node="b", tools=[]))["pid"]
+                assert "runs on node 'b'" in await tool_error(a, "snapshot", pid=pid2)
                 # b stops answering: a's inspect says so and shows what it has (the stub)
                 os.kill(b_pid, signal.SIGSTOP)
                 seen = await tool_result(a, "inspect", pid=pid2)

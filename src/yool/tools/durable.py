@@ -116,6 +116,12 @@ async def fork(call: Call, args: ForkArgs) -> Rerun:
 
 async def _journaled_steps(session: Session, record: AgentRecord) -> list[int]:
     """The ops of the agent's journaled LLM replies; an OpError if there are none."""
+    if record.node is not None:
+        node, _, pid = record.node.partition("/")
+        raise OpError(
+            f"pid: agent {record.pid} ran on node {node!r} (as pid {pid}) and its journal is "
+            "there: resume, replay or fork it through that node's server"
+        )
     entries = await session.kernel.journal.load(record.pid)
     steps = llm_steps((op, e.result) for op, e in entries.items())
     if not steps:

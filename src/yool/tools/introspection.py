@@ -263,6 +263,11 @@ async def snapshot(call: Call, args: PidArgs) -> Snapshotted:
         raise OpError(f"pid: process {args.pid} is not running (status: {status})")
     if args.pid == session.pid:
         raise OpError("pid: the session process cannot be snapshotted")
+    if record is not None and record.node is not None:
+        raise OpError(
+            f"pid: agent {args.pid} runs on node {record.node.partition('/')[0]!r}; "
+            "snapshot it through that node's server"
+        )
     saved_args = p.args
     try:
         if record is not None:
