@@ -223,13 +223,14 @@ class ClusterNode:
 
     def signal(self, record: AgentRecord, sig: str) -> None:
         """stop, cont, term: forwarded to the remote agent (kill ends the stub locally)."""
-        node, _, pid = (record.node or "").partition("/")
-        self.gateway.signal(record.pid, (node, int(pid)), sig)
+        assert record.remote is not None
+        self.gateway.signal(record.pid, record.remote, sig)
 
     async def ask_about(self, record: AgentRecord, query: str, args: dict[str, Any]) -> Any:
         """Ask the node that runs (or ran) the agent `record` stands in for about it."""
-        node, _, pid = (record.node or "").partition("/")
-        answer = await self.gateway.ask(node, query, {**args, "pid": int(pid)}, within_s=10.0)
+        assert record.remote is not None
+        node, pid = record.remote
+        answer = await self.gateway.ask(node, query, {**args, "pid": pid}, within_s=10.0)
         if not isinstance(answer, dict):
             raise KernelError(f"{query} on node {node!r}: a malformed answer")
         return answer

@@ -103,7 +103,6 @@ class Gateway:
         self.spawn_timeout_s = spawn_timeout_s
         self.connect_grace_s = connect_grace_s
         self._up_waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._down: set[str] = set()  # peers reported down (and not up since)
         self.guard = NonceGuard(window_s)
         self._exports: dict[str, Spawner] = {}
         self._self_reporting: set[str] = set()  # exports whose exits their exporter reports
@@ -303,11 +302,9 @@ class Gateway:
 
     async def _connected(self, node: str, what: str, grace_s: float) -> None:
         """Return once `node` is connected; refuse if it is not within `grace_s`."""
-        if node in self._down:
-            return  # reported down: the send is refused at once, saying so
         state = next((p for p in self.transport.peers() if p.node == node), None)
-        if state is None or state.up:
-            return  # unknown: the send refuses it; up: go
+        if state is None or state.up or state.down:
+            return  # up: go; unknown or reported down: the send refuses it at once, saying so
         waiter: asyncio.Future[None] = self.kernel.loop.create_future()
         self._up_waiters.setdefault(node, []).append(waiter)
         try:
@@ -572,12 +569,10 @@ class Gateway:
         """Transport event: a peer that went down ends every monitor on it (noconnection)."""
         self.kernel.events.emit("node", INIT, {"node": node, "up": up})
         if up:
-            self._down.discard(node)
             for waiter in self._up_waiters.pop(node, ()):
                 if not waiter.done():
                     waiter.set_result(None)
             return
-        self._down.add(node)
         for pid in list(self._watching.get(node, {})):
             self._deliver_down(node, pid, NOCONNECTION)
         self._watching.pop(node, None)

@@ -294,7 +294,7 @@ class RayTransport(QueuedTransport[_Peer]):
 
     def peers(self) -> list[PeerState]:
         return [
-            PeerState(p.node, p.up, f"ray:{actor_name(p.node)}", len(p.pending))
+            PeerState(p.node, p.up, f"ray:{actor_name(p.node)}", len(p.pending), p.down)
             for p in self._peers.values()
         ]
 

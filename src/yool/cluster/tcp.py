@@ -266,7 +266,7 @@ class TcpTransport(QueuedTransport[_Peer]):
 
     def peers(self) -> list[PeerState]:
         return [
-            PeerState(p.node, p.up, f"{p.host}:{p.port}", len(p.pending))
+            PeerState(p.node, p.up, f"{p.host}:{p.port}", len(p.pending), p.down)
             for p in self._peers.values()
         ]
 

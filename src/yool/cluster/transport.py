@@ -67,6 +67,7 @@ class PeerState:
     up: bool
     address: str = ""  # host:port, a Ray actor name...; informational only
     pending: int = 0  # envelopes queued for it now
+    down: bool = False  # reported down (sends to it are refused until it is up again)
 
 
 class Transport(ABC):

@@ -116,8 +116,8 @@ async def fork(call: Call, args: ForkArgs) -> Rerun:
 
 async def _journaled_steps(session: Session, record: AgentRecord) -> list[int]:
     """The ops of the agent's journaled LLM replies; an OpError if there are none."""
-    if record.node is not None:
-        node, _, pid = record.node.partition("/")
+    if record.remote is not None:
+        node, pid = record.remote
         raise OpError(
             f"pid: agent {record.pid} ran on node {node!r} (as pid {pid}) and its journal is "
             "there: resume, replay or fork it through that node's server"

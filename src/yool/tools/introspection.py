@@ -135,13 +135,13 @@ async def trace(call: Call, args: TraceArgs) -> Trace:
     session = call.session
     record = session.agents.get(args.pid) if args.pid is not None else None
     note = None
-    if record is not None and record.node is not None and session.cluster is not None:
+    if record is not None and record.remote is not None and session.cluster is not None:
         try:
             asked = {"n": args.n, "kinds": args.kinds}
             there = await session.cluster.ask_about(record, TRACE, asked)
             events = [TraceEvent(**e).model_dump() for e in there["events"]]
             source: Literal["ring", "store"] = "store" if there.get("source") == "store" else "ring"
-            return Trace(events=events, source=source, node=record.node.partition("/")[0])
+            return Trace(events=events, source=source, node=record.remote[0])
         except (KernelError, KeyError, TypeError, ValidationError) as e:
             note = f"its node could not say ({e}); these are its stub's events here"
     kinds = frozenset(args.kinds) if args.kinds else None
@@ -171,7 +171,7 @@ async def inspect(call: Call, args: PidArgs) -> Inspected:
     remote agent's as its node sees it)."""
     session = call.session
     record = session.agents.get(args.pid)
-    if record is not None and record.node is not None and session.cluster is not None:
+    if record is not None and record.remote is not None and session.cluster is not None:
         return await _inspect_remote(session, record)
     return await inspect_of(session, args.pid)
 
@@ -211,7 +211,8 @@ async def inspect_of(session: Session, pid: int) -> Inspected:
 async def _inspect_remote(session: Session, record: AgentRecord) -> Inspected:
     """A remote agent as its node sees it (live or ended), with this session's record of
     it; if the node cannot say, the stub standing in for it here, and why."""
-    assert session.cluster is not None and record.node is not None
+    assert session.cluster is not None and record.remote is not None
+    node = record.remote[0]
     agent = status_of(session.record(record.pid)).model_dump()
     try:
         there = await session.cluster.ask_about(record, INSPECT, {})
@@ -221,9 +222,7 @@ async def _inspect_remote(session: Session, record: AgentRecord) -> Inspected:
             pid=record.pid,
             live=bool(there.get("live")),
             agent=agent,
-            process={**process, "node": record.node.partition("/")[0]}
-            if isinstance(process, dict)
-            else None,
+            process={**process, "node": node} if isinstance(process, dict) else None,
             reason=reason if isinstance(reason, str) else None,
         )
     except KernelError as e:
@@ -263,9 +262,9 @@ async def snapshot(call: Call, args: PidArgs) -> Snapshotted:
         raise OpError(f"pid: process {args.pid} is not running (status: {status})")
     if args.pid == session.pid:
         raise OpError("pid: the session process cannot be snapshotted")
-    if record is not None and record.node is not None:
+    if record is not None and record.remote is not None:
         raise OpError(
-            f"pid: agent {args.pid} runs on node {record.node.partition('/')[0]!r}; "
+            f"pid: agent {args.pid} runs on node {record.remote[0]!r}; "
             "snapshot it through that node's server"
         )
     saved_args = p.args

@@ -91,6 +91,14 @@ class AgentRecord:
     done: asyncio.Future[ExitReason] | None = None  # live only
     ref: str | None = None  # live only: the session's capability over the agent
 
+    @property
+    def remote(self) -> tuple[str, int] | None:
+        """(node, pid there) of an agent running on another cluster node; None if local."""
+        if self.node is None:
+            return None
+        node, _, pid = self.node.partition("/")
+        return node, int(pid)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "pid": self.pid,
