@@ -213,6 +213,30 @@ def test_exported_images_get_only_the_devices_their_export_grants(real: Any) -> 
     real(go())
 
 
+def test_a_stub_charges_running_totals_once_never_refunds_and_ignores_nonsense(
+    real: Any,
+) -> None:
+    from yool.cluster.agents import RemoteLink
+    from yool.kernel import Budget
+
+    async def go() -> None:
+        async with Kernel(budget=Budget(tokens=1000)) as k:
+            stub = (await client(k)).pid
+            link = RemoteLink("b")
+            used = lambda: k.proc(stub).account.usage()["tokens"]  # noqa: E731
+            report = {"tokens": 300, "usd": 0.5, "tool_calls": 2}
+            assert link.charge(k, stub, report) is None and used() == 300
+            assert link.charge(k, stub, report) is None and used() == 300  # repeated: once
+            assert link.charge(k, stub, {**report, "tokens": 200}) is None and used() == 300
+            for nonsense in (None, {"tokens": "many"}, {"tokens": 1}, "300", {**report, "usd": -1}):
+                assert link.charge(k, stub, nonsense) is None
+            assert used() == 300
+            assert link.charge(k, stub, {**report, "tokens": 1200}) == "tokens"  # overdrawn
+            assert used() == 1200
+
+    real(go())
+
+
 def test_a_node_answers_only_the_questions_it_offers_and_each_handler_decides(
     real: Any,
 ) -> None:
